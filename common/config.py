@@ -1,0 +1,112 @@
+"""Run configuration: defaults, a TOML scenario file over them, command-line flags over that.
+
+The resolved configuration is a plain dict of sections; the launcher writes it into the run
+directory so that a run can be repeated, and sends each process the part it needs.
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+
+from common import costs, msr
+from common.topology import PRESETS
+
+# The seed scenario (shared/reference/seed-rfc-patch.txt): a 4-socket Skylake-SP host with the NMI
+# watchdog off, one VM with one vCPU, the guest sampling instructions on GP counter 0 with a fixed
+# period. 10,000,000 instructions at the compute profile's IPC of ~2 on 2.5 GHz is ~2 ms of guest
+# time between PMIs.
+DEFAULTS: dict = {
+    "run": {"policies": ["always", "oncpu"], "pmis": 200, "seed": 1, "transport": "ipc",
+            "max_exits": 1_000_000, "timeout_s": 300},
+    "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0},
+    "vm": {"vcpus": 1, "pin": []},
+    "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000},
+    "costs": {},
+}
+
+POLICIES = ("always", "oncpu")
+WORKLOADS = ("compute", "branchy", "memory")
+TRANSPORTS = ("ipc", "tcp")
+
+
+class ConfigError(ValueError):
+    """An invalid scenario file or flag, named by where it came from, its key and why."""
+
+    def __init__(self, where: str, key: str, reason: str):
+        super().__init__(f"{where}: {key}: {reason}")
+
+
+def _check(cond: bool, where: str, key: str, reason: str) -> None:
+    if not cond:
+        raise ConfigError(where, key, reason)
+
+
+def _int(value, where, key, lo, hi=None) -> None:
+    _check(type(value) is int and value >= lo and (hi is None or value <= hi), where, key,
+           f"must be a whole number >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+           + f", got {value!r}")
+
+
+def merge(base: dict, layer: dict, where: str) -> dict:
+    """Lay ``layer`` (a scenario file or flags) over ``base``; unknown keys are errors."""
+    out = copy.deepcopy(base)
+    for section, values in layer.items():
+        _check(section in DEFAULTS, where, section, f"unknown section; known: {', '.join(DEFAULTS)}")
+        _check(isinstance(values, dict), where, section, "must be a table")
+        for key, value in values.items():
+            if section != "costs":
+                _check(key in DEFAULTS[section], where, f"{section}.{key}",
+                       f"unknown key; known: {', '.join(DEFAULTS[section])}")
+            out[section][key] = value
+    return out
+
+
+def load_scenario(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(path, "-", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "-", f"not valid TOML: {exc}") from None
+
+
+def validate(cfg: dict, where: str) -> dict:
+    """Check every key of a resolved configuration; return it."""
+    run, host, vm, guest = cfg["run"], cfg["host"], cfg["vm"], cfg["guest"]
+    _check(isinstance(run["policies"], list) and run["policies"], where, "run.policies",
+           "must be a non-empty list")
+    for p in run["policies"]:
+        _check(p in POLICIES, where, "run.policies", f"unknown policy {p!r}; known: "
+               + ", ".join(POLICIES))
+    _int(run["pmis"], where, "run.pmis", 1)
+    _int(run["seed"], where, "run.seed", 0)
+    _int(run["max_exits"], where, "run.max_exits", 1)
+    _int(run["timeout_s"], where, "run.timeout_s", 1)
+    _check(run["transport"] in TRANSPORTS, where, "run.transport", "must be ipc or tcp")
+    _check(host["preset"] in PRESETS, where, "host.preset",
+           f"unknown preset {host['preset']!r}; known: {', '.join(PRESETS)}")
+    _check(type(host["watchdog"]) is bool, where, "host.watchdog", "must be true or false")
+    topo = PRESETS[host["preset"]]
+    _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
+    _int(vm["vcpus"], where, "vm.vcpus", 1, topo.ncpus)
+    _check(isinstance(vm["pin"], list), where, "vm.pin", "must be a list of pCPUs")
+    for cpu in vm["pin"]:
+        _int(cpu, where, "vm.pin", 0, topo.ncpus - 1)
+    _check(guest["workload"] in WORKLOADS, where, "guest.workload",
+           f"unknown workload; known: {', '.join(WORKLOADS)}")
+    _check(guest["event"] in msr.ARCH_EVENTS.values(), where, "guest.event",
+           f"unknown event; known: {', '.join(msr.ARCH_EVENTS.values())}")
+    _int(guest["period"], where, "guest.period", 2, (1 << 31) - 1)
+    try:
+        costs.resolve(cfg["costs"])
+    except ValueError as exc:
+        raise ConfigError(where, "costs", str(exc)) from None
+    return cfg
+
+
+def vcpu_pins(cfg: dict) -> list[int]:
+    """The pCPU of each vCPU: the scenario's ``pin`` list, else one vCPU per core from pCPU 0."""
+    pins = list(cfg["vm"]["pin"])
+    n = cfg["vm"]["vcpus"]
+    return (pins + list(range(len(pins), n)))[:n] if len(pins) < n else pins[:n]

@@ -1,0 +1,92 @@
+"""Intel architectural PMU (version 2) as a KVM guest sees it: MSR numbers, bit fields, events.
+
+Numbers follow the Intel SDM vol. 3B ch. 18 and Linux's msr-index.h / perf_event.h (see
+shared/reference/pmu-guest-semantics.md §1 and vpmu-facts.md §4).
+"""
+from __future__ import annotations
+
+COUNTER_WIDTH = 48
+COUNTER_MASK = (1 << COUNTER_WIDTH) - 1
+U64 = (1 << 64) - 1
+
+# MSRs
+MSR_IA32_PERFCTR0 = 0xC1          # legacy PERFCTRi: 32-bit writes, sign-extended
+MSR_IA32_PMC0 = 0x4C1             # full-width alias
+MSR_P6_EVNTSEL0 = 0x186           # PERFEVTSELi
+MSR_CORE_PERF_FIXED_CTR0 = 0x309
+MSR_CORE_PERF_FIXED_CTR_CTRL = 0x38D
+MSR_CORE_PERF_GLOBAL_STATUS = 0x38E
+MSR_CORE_PERF_GLOBAL_CTRL = 0x38F
+MSR_CORE_PERF_GLOBAL_OVF_CTRL = 0x390
+MSR_IA32_PERF_CAPABILITIES = 0x345
+PERF_CAP_FW_WRITE = 1 << 13
+MSR_X2APIC_LVTPC = 0x834
+MSR_X2APIC_EOI = 0x80B
+
+# PERFEVTSEL bits
+EVTSEL_EVENT = 0xFF
+EVTSEL_UMASK = 0xFF00
+EVTSEL_USR = 1 << 16
+EVTSEL_OS = 1 << 17
+EVTSEL_EDGE = 1 << 18
+EVTSEL_PC = 1 << 19
+EVTSEL_INT = 1 << 20
+EVTSEL_ANY = 1 << 21
+EVTSEL_EN = 1 << 22
+EVTSEL_INV = 1 << 23
+EVTSEL_CMASK = 0xFF << 24
+EVTSEL_RESERVED = 0xFFFFFFFF00200000   # KVM 4.20 pmu->reserved_bits (ANY reserved, v2)
+
+# FIXED_CTR_CTRL: 4 bits per fixed counter: bit0 OS, bit1 USR, bit2 ANY, bit3 PMI
+FIXED_CTRL_OS = 0x1
+FIXED_CTRL_USR = 0x2
+FIXED_CTRL_PMI = 0x8
+
+# GLOBAL_STATUS / OVF_CTRL bits beyond the counters
+GLOBAL_OVF_BUFFER = 1 << 62
+GLOBAL_COND_CHGD = 1 << 63
+FIXED_IDX_BASE = 32                # pmc index of fixed counter j is 32 + j; its global bit too
+
+# LVTPC
+APIC_LVT_MASKED = 1 << 16
+APIC_DM_MASK = 0x700
+APIC_DM_FIXED = 0x000
+APIC_DM_NMI = 0x400
+APIC_VECTOR_MASK = 0xFF
+
+# RDPMC ECX
+RDPMC_FIXED = 1 << 30
+RDPMC_FAST = 1 << 31
+
+# Event kinds the guest workload retires. Cycles and ref cycles are retired too, so that every
+# architectural event has something to count.
+EVENT_KINDS = ("instructions", "cycles", "ref_cycles", "branches", "branch_misses",
+               "llc_refs", "llc_misses")
+
+# Architectural events: unit_sel (umask << 8 | event) -> kind, in CPUID.0xA EBX bit order.
+ARCH_EVENTS = {
+    0x003C: "cycles",
+    0x00C0: "instructions",
+    0x013C: "ref_cycles",
+    0x4F2E: "llc_refs",
+    0x412E: "llc_misses",
+    0x00C4: "branches",
+    0x00C5: "branch_misses",
+}
+# Fixed counter j counts this kind.
+FIXED_EVENTS = ("instructions", "cycles", "ref_cycles")
+
+
+def evtsel_kind(eventsel: int) -> str | None:
+    """The event kind an event select counts, or None for a non-architectural event."""
+    return ARCH_EVENTS.get(eventsel & (EVTSEL_EVENT | EVTSEL_UMASK))
+
+
+def fixed_field(fixed_ctr_ctrl: int, j: int) -> int:
+    return (fixed_ctr_ctrl >> (4 * j)) & 0xF
+
+
+def sign_extend_32(value: int) -> int:
+    """A legacy PERFCTR write: (s64)(s32)data, as a 64-bit pattern."""
+    value &= 0xFFFFFFFF
+    return value | (U64 ^ 0xFFFFFFFF) if value & 0x80000000 else value

@@ -1,0 +1,5 @@
+import sys
+
+from guest.main import main
+
+sys.exit(main())

@@ -1,0 +1,195 @@
+"""A guest vCPU as guest code sees it: only what a guest has, every PMU access a real VM exit."""
+from __future__ import annotations
+
+import collections
+
+from common import msr, schema, transport
+from common.schema import MsgType
+from guest.oracle import Oracle
+from guest.workload import Workload
+
+
+class GeneralProtection(Exception):
+    """The #GP that KVM injected for the last instruction."""
+
+
+class BudgetStuck(RuntimeError):
+    """KVM gave a budget that lets nothing retire: the run cannot go on."""
+
+
+class GuestCpu:
+    def __init__(self, chan: transport.Channel, index: int, nr_vcpus: int, workload: Workload,
+                 oracle: Oracle, max_exits: int):
+        self.chan = chan
+        self.index, self.nr_vcpus = index, nr_vcpus
+        self.workload = workload
+        self.oracle = oracle
+        self.max_exits = max_exits
+        self.budget: dict[str, int] = {}
+        self.unsent: collections.Counter = collections.Counter()  # retired since the last exit
+        self.in_nmi = False
+        self.nmi_window = False
+        self.if_flag = True
+        self.pending_nmi = False
+        self.pending_intr: list[int] = []
+        self.pmi_handler = None
+        self.pmis = 0
+        self.exits: collections.Counter = collections.Counter()
+        self.gp_faults = 0
+        self.checks: list[dict] = []
+
+    # --- the exit itself ------------------------------------------------------------------------
+
+    def _exit(self, reason: str, index: int = 0, value: int = 0) -> schema.Entry:
+        self.chan.send(schema.Exit(reason, index, value, dict(self.unsent), self.in_nmi))
+        self.unsent.clear()
+        self.exits[reason] += 1
+        while True:
+            _, msg = self.chan.recv()
+            if msg.type == MsgType.INJECT:
+                if msg.body.kind == "nmi":
+                    self.pending_nmi = True
+                else:
+                    self.pending_intr.append(msg.body.vector)
+            elif msg.type == MsgType.ENTRY:
+                break
+            elif msg.type == MsgType.ERROR:
+                raise RuntimeError(f"KVM refused the exit: {msg.body.kind}: {msg.body.detail}")
+        entry = msg.body
+        self.budget = dict(entry.budget)
+        self.nmi_window = entry.nmi_window
+        if entry.gp:
+            self.gp_faults += 1
+        self._deliver()
+        return entry
+
+    def _deliver(self) -> None:
+        """Run the PMI handler for an injected NMI, or a fixed-vector PMI once IF is set."""
+        while not self.in_nmi:
+            if self.pending_nmi:
+                self.pending_nmi = False
+            elif self.pending_intr and self.if_flag:
+                self.pending_intr.pop(0)
+            else:
+                return
+            self.pmis += 1
+            self.oracle.on_pmi()
+            self.in_nmi = True
+            try:
+                if self.pmi_handler is not None:
+                    self.pmi_handler(self)
+            finally:
+                self.in_nmi = False
+            if self.nmi_window:                 # IRET opens the NMI window KVM waits for
+                self._exit("nmi_window")
+
+    def exits_total(self) -> int:
+        return sum(self.exits.values())
+
+    # --- instructions ---------------------------------------------------------------------------
+
+    def wrmsr_safe(self, index: int, value: int) -> bool:
+        faulted = self._exit("wrmsr", index, value).gp
+        if not faulted:
+            self.oracle.wrmsr(index, value)
+        return faulted
+
+    def wrmsr(self, index: int, value: int) -> None:
+        if self.wrmsr_safe(index, value):
+            raise GeneralProtection(f"WRMSR {index:#x} = {value:#x}")
+
+    def rdmsr_safe(self, index: int) -> tuple[bool, int]:
+        entry = self._exit("rdmsr", index)
+        if not entry.gp:
+            self._check_read(index, entry.value)
+        return entry.gp, entry.value
+
+    def rdmsr(self, index: int) -> int:
+        faulted, value = self.rdmsr_safe(index)
+        if faulted:
+            raise GeneralProtection(f"RDMSR {index:#x}")
+        return value
+
+    def _check_read(self, index: int, value: int) -> None:
+        o = self.oracle
+        if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
+            o.check_status(value)
+        for base, first in ((msr.MSR_IA32_PERFCTR0, 0), (msr.MSR_IA32_PMC0, 0),
+                            (msr.MSR_CORE_PERF_FIXED_CTR0, msr.FIXED_IDX_BASE)):
+            idx = first + index - base
+            if 0 <= index - base < 8 and idx in o.value:
+                o.check_counter(idx, value)
+
+    def rdpmc_safe(self, ecx: int) -> tuple[bool, int]:
+        entry = self._exit("rdpmc", ecx)
+        if not entry.gp:
+            idx = (msr.FIXED_IDX_BASE + (ecx & 0xFFFF)) if ecx & msr.RDPMC_FIXED else ecx
+            if idx in self.oracle.value:
+                self.oracle.check_counter(idx, entry.value)
+        return entry.gp, entry.value
+
+    def rdpmc(self, ecx: int) -> int:
+        faulted, value = self.rdpmc_safe(ecx)
+        if faulted:
+            raise GeneralProtection(f"RDPMC {ecx:#x}")
+        return value
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        return tuple(self._exit("cpuid", leaf, subleaf).values)
+
+    def cli(self) -> None:
+        self.if_flag = False
+
+    def sti(self) -> None:
+        self.if_flag = True
+        self._deliver()
+
+    def on_pmi(self, handler) -> None:
+        self.pmi_handler = handler
+
+    def check(self, condition, name: str, detail: str = "") -> bool:
+        self.checks.append({"name": name, "passed": bool(condition), "detail": detail})
+        return bool(condition)
+
+    # --- retiring events --------------------------------------------------------------------------
+
+    def retire(self, instructions: int = 0, branches: int = 0, branch_misses: int = 0,
+               llc_refs: int = 0, llc_misses: int = 0, cycles: int | None = None,
+               ref_cycles: int | None = None) -> None:
+        """Retire events; cycles and ref cycles left None follow from the workload model."""
+        self.retire_events(self.workload.derive(
+            instructions, cycles=cycles, ref_cycles=ref_cycles, branches=branches,
+            branch_misses=branch_misses, llc_refs=llc_refs, llc_misses=llc_misses))
+
+    def retire_events(self, events: dict[str, int]) -> None:
+        """Retire ``events`` evenly interleaved, exiting exactly where a host counter overflows
+        (the budget KVM handed out), so that a PMI lands after the overflowing event."""
+        left = {k: v for k, v in events.items() if v > 0}
+        while left:
+            part = self._fit(left)
+            for k, n in part.items():
+                self.unsent[k] += n
+                left[k] -= n
+                if k in self.budget:
+                    self.budget[k] -= n
+            left = {k: v for k, v in left.items() if v > 0}
+            self.oracle.retire(part)
+            if any(self.budget[k] <= 0 for k in self.budget):
+                self._exit("budget")
+
+    def _fit(self, chunk: dict[str, int]) -> dict[str, int]:
+        """The largest leading share of ``chunk`` that spends no budget beyond zero."""
+        limit, fraction = None, None
+        for k in msr.EVENT_KINDS:
+            if chunk.get(k, 0) > 0 and k in self.budget:
+                f = (self.budget[k], chunk[k])
+                if f[0] < f[1] and (fraction is None or f[0] * fraction[1] < fraction[0] * f[1]):
+                    limit, fraction = k, f
+        if limit is None:
+            return dict(chunk)
+        num, den = fraction
+        if num <= 0:
+            raise BudgetStuck(f"budget for {limit} is {num}: nothing can retire")
+        part = {k: v * num // den for k, v in chunk.items()}
+        part[limit] = num
+        return part

@@ -1,0 +1,163 @@
+"""The guest-kernel process: one per VM, one thread per vCPU, each running the guest perf driver."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+import zmq
+
+from common import logsetup, schema, service, transport
+from common.schema import MsgType
+from common.topology import preset
+from guest.cpu import GuestCpu
+from guest.driver import PerfRecord
+from guest.oracle import Oracle
+from guest.workload import Workload, streams
+
+log = logging.getLogger("guest")
+DONE_EP = "inproc://vcpu-done"
+
+
+class GuestVcpu(threading.Thread):
+    def __init__(self, ctx: zmq.Context, index: int, nr: int, endpoint: str, cfg: dict, rng,
+                 go: threading.Event):
+        super().__init__(name=f"guest-vcpu{index}", daemon=True)
+        self.ctx, self.index, self.nr, self.endpoint, self.cfg = ctx, index, nr, endpoint, cfg
+        self.rng, self.go = rng, go
+        self.connected = threading.Event()
+        self.stop = threading.Event()
+        self.reason = "not started"
+        self.failure: str | None = None
+        self.cpu: GuestCpu | None = None
+        self.driver: PerfRecord | None = None
+
+    def run(self) -> None:
+        logsetup.set_context(self.index, None)
+        chan = transport.Channel(transport.socket(self.ctx, zmq.DEALER, f"guest-vcpu{self.index}"))
+        done = self.ctx.socket(zmq.PUSH)
+        done.setsockopt(zmq.LINGER, 0)
+        done.connect(DONE_EP)
+        try:
+            chan.sock.connect(self.endpoint)
+            chan.send(schema.Hello("guest", f"vcpu{self.index}", os.getpid()))
+            transport.wait_for(chan, MsgType.WELCOME, transport.DEFAULT_TIMEOUT_S)
+            self.connected.set()
+            while not self.go.wait(0.2):
+                if self.stop.is_set():
+                    return
+            self.reason = self.drive(chan)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            self.reason = "error"
+            log.exception("guest vCPU failed")
+        finally:
+            self.connected.set()
+            done.send(str(self.index).encode())
+            done.close()
+            chan.close()
+
+    def drive(self, chan: transport.Channel) -> str:
+        """Boot the perf session, run the workload until the PMI target or a budget is reached."""
+        run, g = self.cfg["run"], self.cfg["guest"]
+        oracle = Oracle()
+        oracle.vcpu = self.index
+        workload = Workload(g["workload"], self.rng, preset(self.cfg["host"]["preset"]).ghz)
+        cpu = self.cpu = GuestCpu(chan, self.index, self.nr, workload, oracle, run["max_exits"])
+        driver = self.driver = PerfRecord(cpu, g["event"], g["period"])
+        driver.start()
+        reason = "pmis"
+        while driver.handled < run["pmis"]:
+            if cpu.exits_total() >= run["max_exits"]:
+                reason = "max_exits"
+                break
+            if self.stop.is_set():
+                reason = "stopped"
+                break
+            cpu.retire_events(workload.next_slice())
+        oracle.finish()
+        cpu._exit("done")
+        log.info("vCPU done (%s): %d PMIs handled, %d samples, %d exits, %d violations",
+                 reason, driver.handled, driver.samples, cpu.exits_total(),
+                 len(oracle.violations))
+        return reason
+
+    def report(self) -> dict:
+        cpu, drv = self.cpu, self.driver
+        return {"vcpu": self.index, "reason": self.reason, "failure": self.failure,
+                "pmis_delivered": cpu.pmis if cpu else 0,
+                "pmis_handled": drv.handled if drv else 0,
+                "samples": drv.samples if drv else 0,
+                "event_count": drv.count if drv else 0,
+                "exits": dict(cpu.exits) if cpu else {},
+                "gp_faults": cpu.gp_faults if cpu else 0,
+                "invariants": {"checked": cpu.oracle.checked if cpu else 0,
+                               "violations": cpu.oracle.violations if cpu else []}}
+
+
+class Guest:
+    def __init__(self, svc: service.Service, done: zmq.Socket):
+        self.svc = svc
+        self.done = done
+        self.threads: list[GuestVcpu] = []
+        self.run = -1
+        self.finished: set[int] = set()
+
+    def configure(self, run: int, cfg: dict, peers: dict) -> None:
+        self.stop()
+        self.run, self.finished = run, set()
+        self.go = threading.Event()
+        eps = peers["vcpus"]
+        rngs = streams(cfg["run"]["seed"], len(eps))
+        self.threads = [GuestVcpu(self.svc.ctx, i, len(eps), ep, cfg, rngs[i], self.go)
+                        for i, ep in enumerate(eps)]
+        for t in self.threads:
+            t.start()
+        for t in self.threads:
+            t.connected.wait(transport.DEFAULT_TIMEOUT_S)
+            if t.failure:
+                raise RuntimeError(f"guest vCPU {t.index}: {t.failure}")
+
+    def on_done(self) -> None:
+        self.finished.add(int(self.done.recv()))
+        if len(self.finished) == len(self.threads):
+            reasons = sorted({t.reason for t in self.threads})
+            self.svc.send(schema.Done(self.run, ",".join(reasons)))
+
+    def stop(self) -> None:
+        for t in self.threads:
+            t.stop.set()
+        for t in self.threads:
+            t.join(transport.DEFAULT_TIMEOUT_S)
+
+
+def main(argv=None) -> int:
+    args = service.arg_parser("guest").parse_args(argv)
+    svc = service.Service("guest", args)
+    done = svc.ctx.socket(zmq.PULL)
+    done.setsockopt(zmq.LINGER, 0)
+    done.bind(DONE_EP)
+    guest = Guest(svc, done)
+    try:
+        svc.hello({})
+
+        def on_control(msg: schema.Message) -> None:
+            if msg.type == MsgType.CONFIGURE:
+                guest.configure(msg.body.run, msg.body.config, msg.body.peers)
+                svc.send(schema.Ready(msg.body.run, {}))
+            elif msg.type == MsgType.START:
+                guest.go.set()
+            elif msg.type == MsgType.FINISH:
+                guest.stop()
+                svc.send(schema.Report(msg.body.run, {"vcpus": [t.report() for t in guest.threads]}))
+
+        return svc.serve(on_control, done, guest.on_done)
+    finally:
+        guest.stop()
+        done.close()
+        svc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Ground truth: what the guest's counters must read, fed only by what the guest itself did.
+
+The oracle mirrors the guest's own PMU writes and the events it retired while each counter was
+enabled, and checks every counter value, GLOBAL_STATUS read and PMI the guest sees. It imports
+nothing from kvm/ or host/: a policy that is fast and wrong shows up here as wrong.
+"""
+from __future__ import annotations
+
+from common import msr
+
+
+class Oracle:
+    def __init__(self, nr_gp: int = 4, nr_fixed: int = 3):
+        self.nr_gp, self.nr_fixed = nr_gp, nr_fixed
+        self.value = {i: 0 for i in range(nr_gp)} | {
+            msr.FIXED_IDX_BASE + j: 0 for j in range(nr_fixed)}
+        self.evtsel = {i: 0 for i in range(nr_gp)}
+        self.fixed_ctrl = 0
+        self.global_ctrl = (1 << nr_gp) - 1
+        self.status = 0
+        self.lvtpc = msr.APIC_LVT_MASKED
+        self.pending: dict[int, bool] = {}     # overflowed counter -> its PMI is already late
+        self.checked = 0
+        self.violations: list[dict] = []
+        self.vcpu = 0
+
+    # --- what the guest wrote -------------------------------------------------------------------
+
+    def wrmsr(self, index: int, value: int) -> None:
+        """Mirror a WRMSR that completed (no #GP)."""
+        if msr.MSR_IA32_PERFCTR0 <= index < msr.MSR_IA32_PERFCTR0 + self.nr_gp:
+            self.value[index - msr.MSR_IA32_PERFCTR0] = msr.sign_extend_32(value) & msr.COUNTER_MASK
+        elif msr.MSR_IA32_PMC0 <= index < msr.MSR_IA32_PMC0 + self.nr_gp:
+            self.value[index - msr.MSR_IA32_PMC0] = value & msr.COUNTER_MASK
+        elif msr.MSR_CORE_PERF_FIXED_CTR0 <= index < msr.MSR_CORE_PERF_FIXED_CTR0 + self.nr_fixed:
+            self.value[msr.FIXED_IDX_BASE + index - msr.MSR_CORE_PERF_FIXED_CTR0] = \
+                value & msr.COUNTER_MASK
+        elif msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + self.nr_gp:
+            self.evtsel[index - msr.MSR_P6_EVNTSEL0] = value
+        elif index == msr.MSR_CORE_PERF_FIXED_CTR_CTRL:
+            self.fixed_ctrl = value
+        elif index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
+            self.global_ctrl = value
+        elif index == msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
+            self.status &= ~value
+        elif index == msr.MSR_X2APIC_LVTPC:
+            self.lvtpc = value
+
+    # --- what the counters count ------------------------------------------------------------------
+
+    def counting(self, idx: int, cpl: int) -> tuple[str | None, bool]:
+        """The kind counter ``idx`` counts right now at privilege ``cpl``, and whether it
+        interrupts on overflow."""
+        if not self.global_ctrl & (1 << idx):
+            return None, False
+        if idx >= msr.FIXED_IDX_BASE:
+            field = msr.fixed_field(self.fixed_ctrl, idx - msr.FIXED_IDX_BASE)
+            mode = msr.FIXED_CTRL_OS if cpl == 0 else msr.FIXED_CTRL_USR
+            kind = msr.FIXED_EVENTS[idx - msr.FIXED_IDX_BASE] if field & mode else None
+            return kind, bool(field & msr.FIXED_CTRL_PMI)
+        sel = self.evtsel[idx]
+        mode = msr.EVTSEL_OS if cpl == 0 else msr.EVTSEL_USR
+        if not sel & msr.EVTSEL_EN or not sel & mode:
+            return None, False
+        return msr.evtsel_kind(sel), bool(sel & msr.EVTSEL_INT)
+
+    def retire(self, events: dict, cpl: int = 3) -> None:
+        """Events retired in one stretch with no exit in between."""
+        for idx in self.value:
+            kind, intr = self.counting(idx, cpl)
+            n = events.get(kind, 0) if kind else 0
+            if n <= 0:
+                continue
+            if intr and idx in self.pending:
+                self.pending[idx] = True               # events retire past a due PMI
+            old = self.value[idx]
+            new = (old + n) & msr.COUNTER_MASK
+            self.value[idx] = new
+            if old + n > msr.COUNTER_MASK:            # wrapped: the overflow is architectural
+                self.status |= 1 << idx
+                if intr and not self.lvtpc & msr.APIC_LVT_MASKED:
+                    if idx in self.pending:
+                        self.violate("missing_pmi", idx, "a second overflow with no PMI between")
+                    # the overflowing event is the last of this stretch only if new == 0
+                    self.pending[idx] = new != 0
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def violate(self, kind: str, counter: int | None, detail: str) -> None:
+        self.violations.append({"kind": kind, "vcpu": self.vcpu, "counter": counter,
+                                "detail": detail})
+
+    def check_counter(self, idx: int, seen: int) -> None:
+        self.checked += 1
+        want = self.value[idx]
+        if seen != want:
+            self.violate("count_mismatch", idx, f"read {seen}, retired-while-enabled says {want}")
+
+    def check_status(self, seen: int) -> None:
+        self.checked += 1
+        counters = sum(1 << i for i in self.value)
+        if seen & counters != self.status:
+            self.violate("status_mismatch", None,
+                         f"GLOBAL_STATUS {seen:#x}, overflows not yet acknowledged {self.status:#x}")
+
+    def on_pmi(self) -> None:
+        self.checked += 1
+        if not self.pending:
+            self.violate("spurious_pmi", None, "PMI with no overflow of an interrupting counter")
+        for idx, late in self.pending.items():
+            if late:
+                self.violate("late_pmi", idx, "events retired between the overflow and its PMI")
+        self.pending.clear()
+
+    def finish(self) -> None:
+        for idx in self.pending:
+            self.checked += 1
+            self.violate("missing_pmi", idx, "overflow never followed by a PMI")
+        self.pending.clear()

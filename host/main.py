@@ -1,0 +1,113 @@
+"""The host-perf process: one per emulated host, serving every vCPU's perf calls."""
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+
+import zmq
+
+from common import costs, msr, schema, service, transport
+from common.costs import Ledger
+from common.schema import MsgType
+from common.topology import preset
+from host.perf import HostPerf, PerfError
+
+log = logging.getLogger("host")
+
+
+class HostServer:
+    """Answers perf calls on the ROUTER every vCPU thread connects to."""
+
+    def __init__(self, chan: transport.Channel, errors: transport.ErrorLog):
+        self.chan = chan
+        self.errors = errors
+        self.perf: HostPerf | None = None
+
+    def configure(self, cfg: dict) -> None:
+        host = cfg["host"]
+        self.topo = preset(host["preset"])
+        self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"])
+        self.params = costs.resolve(cfg["costs"])
+        self.op_costs: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        self.chan.seq = schema.SeqCounter()
+        log.info("configured %s, watchdog %s, %d host pinned events per pCPU",
+                 self.topo.describe(), "on" if host["watchdog"] else "off", host["host_pinned"])
+
+    def handle(self) -> None:
+        try:
+            peer, msg = self.chan.recv(0)
+        except schema.ProtocolError as exc:
+            self.errors.record(exc.kind, exc.detail, exc.peer.decode(errors="replace"))
+            self.chan.send(schema.Error(exc.kind, exc.detail), exc.peer)
+            return
+        if msg.type == MsgType.HELLO:
+            log.info("vCPU link %s connected (pid %d)", msg.body.name, msg.body.pid)
+            self.chan.send(schema.Welcome("host"), peer)
+        elif msg.type == MsgType.PERF_CALL and self.perf is not None:
+            self.perf_call(peer, msg.body)
+        else:
+            self.errors.record("unknown_type", msg.type.value, peer.decode(errors="replace"))
+            self.chan.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
+
+    def perf_call(self, peer: bytes, call: schema.PerfCall) -> None:
+        owner = peer.decode(errors="replace")
+        perf = self.perf
+        bad = [k for k, v in call.retired.items()
+               if k not in msr.EVENT_KINDS or type(v) is not int or v < 0]
+        if bad:
+            self.chan.send(schema.Error("wrong_type", f"retired events {bad}", call.id), peer)
+            return
+        perf.advance_time(call.now_ns)
+        for ev in perf.account(owner, call.retired):
+            self.chan.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
+        ledger = Ledger()
+        ok, error, result = True, "", {}
+        try:
+            result = perf.call(owner, call.op, call.args, ledger)
+        except (PerfError, KeyError, TypeError, ValueError) as exc:
+            ok, error = False, f"{call.op}: {exc}"
+            log.warning("perf call %s from %s refused: %s", call.op, owner, exc)
+        cost = ledger.total(self.params)
+        tally = self.op_costs[call.op]
+        tally[0] += 1
+        tally[1] += cost
+        self.chan.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
+                                        perf.budget(owner), perf.oncpu(owner), error), peer)
+
+    def report(self) -> dict:
+        perf = self.perf
+        return {"preset": self.topo.name, "cpus": self.topo.ncpus,
+                "perf_costs": {op: {"calls": n, "mean_ns": total / n}
+                               for op, (n, total) in sorted(self.op_costs.items()) if n},
+                "pmc_refcount": perf.pmc_refcount, **perf.stats,
+                "protocol_errors": dict(self.errors.counts)}
+
+
+def main(argv=None) -> int:
+    args = service.arg_parser("host").parse_args(argv)
+    svc = service.Service("host", args)
+    chan = transport.Channel(transport.socket(svc.ctx, zmq.ROUTER))
+    server = HostServer(chan, svc.errors)
+    try:
+        endpoint = transport.bind(chan.sock, args.listen)
+        svc.hello({"perf": endpoint})
+
+        def on_control(msg: schema.Message) -> None:
+            if msg.type == MsgType.CONFIGURE:
+                server.configure(msg.body.config)
+                svc.send(schema.Ready(msg.body.run, {"perf": endpoint}))
+            elif msg.type == MsgType.FINISH:
+                report = server.report()
+                log.info("run %d summary: %s", msg.body.run, {k: report[k] for k in (
+                    "refcount_crossings", "overflows_to_owner", "static_key")})
+                svc.send(schema.Report(msg.body.run, report))
+
+        return svc.serve(on_control, chan.sock, server.handle)
+    finally:
+        chan.close()
+        svc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""Host perf: the kernel-internal perf API that KVM uses, and the x86 machinery behind it.
+
+What is modeled, each charged to a cost ledger as the kernel would spend it
+(shared/reference/vpmu-facts.md §3, §6):
+- kernel counters bound to a task (``cpu = -1``): create, release, read, pause, period, enable,
+  disable; they follow the task, so ``oncpu`` is the pCPU while the event holds a hardware counter
+  there and -1 otherwise;
+- schedule-in/out of a task's events and counter assignment against CPU-pinned host users;
+- counting of what the guest retires, overflow at the sample period, the host PMI handler's
+  re-arm (``x86_perf_event_set_period``) and the overflow callback to the owner;
+- ``pmc_refcount``: the first x86 event reserves the PMU and sets up the debug store on every
+  possible CPU, the last one tears it down (``reserve_ds_buffers`` / ``release_ds_buffers``);
+- the ``perf_sched_events`` static key: enabled on the first task event with a grace period,
+  its disable deferred by one second of modeled time.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from common import costs, msr
+from common.costs import Ledger
+from common.topology import Topology
+from host.pmu import PhysicalPMU
+
+# Intel with full-width writes: x86_pmu.max_period = cntval_mask >> 1.
+MAX_PERIOD = msr.COUNTER_MASK >> 1
+STATIC_KEY_DISABLE_DELAY_NS = 1_000_000_000     # schedule_delayed_work(&perf_sched_work, HZ)
+
+
+class PerfError(Exception):
+    """A perf call that the host refuses (-EINVAL, -ENOENT, an event of another owner)."""
+
+
+@dataclasses.dataclass
+class PerfEvent:
+    handle: int
+    owner: str                 # the KVM link that created it ("vm0/vcpu0"), or "host"
+    task: str | None           # bound task (cpu = -1) or None for a CPU-pinned event
+    cpu: int                   # -1 for task events
+    kind: str
+    exclude_user: bool
+    exclude_kernel: bool
+    sample_period: int         # 0: a counting event, its overflows never reach the owner
+    context: int               # KVM's pmc index, handed back with each overflow
+    enabled: bool = True
+    error: bool = False        # pinned and found no counter: not retried until enabled again
+    oncpu: int = -1
+    slot: tuple[str, int] | None = None
+    count: int = 0
+    period_left: int = 0
+    time_enabled: int = 0      # in guest cycles retired while enabled / while on a counter
+    time_running: int = 0
+
+    @property
+    def armed_period(self) -> int:
+        return min(self.sample_period or MAX_PERIOD, MAX_PERIOD)
+
+    def counts(self, cpl: int) -> bool:
+        return not (self.exclude_kernel if cpl == 0 else self.exclude_user)
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    cpu: int = -1              # the pCPU it runs on, -1 while not running
+    last_cpu: int = -1
+    events: list = dataclasses.field(default_factory=list)
+
+
+class HostPerf:
+    def __init__(self, topo: Topology, watchdog: bool, host_pinned: int = 0):
+        self.topo = topo
+        self.pmus = [PhysicalPMU(c, topo.gp_counters, topo.fixed_counters)
+                     for c in range(topo.ncpus)]
+        self.events: dict[int, PerfEvent] = {}
+        self.tasks: dict[str, Task] = {}
+        self.next_handle = 1
+        self.pmc_refcount = 0
+        self.sched_count = 0                 # perf_sched_count: task events alive
+        self.key_enabled = False
+        self.key_disable_at: int | None = None
+        self.now_ns = 0
+        per_socket = topo.cores * topo.threads
+        self._same_socket_others = per_socket - 1
+        self._cross_socket = topo.ncpus - per_socket
+        self.stats = {"refcount_crossings": {"reserve": 0, "release": 0},
+                      "static_key": {"enable": 0, "disable": 0, "deferred_cancelled": 0},
+                      "overflows": 0, "overflows_to_owner": 0, "sched_in_other_cpu": 0,
+                      "pinned_errors": 0}
+        # Boot-time host users, placed before any task can run: not charged to anyone.
+        for cpu in range(topo.ncpus):
+            if watchdog:
+                self._boot_cpu_event(cpu, "cycles")
+            for _ in range(host_pinned):
+                self._boot_cpu_event(cpu, "llc_misses")
+
+    # --- boot ---------------------------------------------------------------------------------
+
+    def _boot_cpu_event(self, cpu: int, kind: str) -> None:
+        ev = self._new_event("host", None, cpu, kind, False, False, 0, -1)
+        ev.slot = self.pmus[cpu].assign(ev)
+        if ev.slot is None:
+            raise ValueError(f"pCPU {cpu} has no counter left for a host {kind} event")
+        ev.oncpu = cpu
+        self.pmc_refcount += 1
+
+    def _new_event(self, owner, task, cpu, kind, excl_user, excl_kernel, period, context):
+        ev = PerfEvent(self.next_handle, owner, task, cpu, kind, excl_user, excl_kernel, period,
+                       context)
+        ev.period_left = ev.armed_period
+        self.events[ev.handle] = ev
+        self.next_handle += 1
+        return ev
+
+    # --- time-driven work ---------------------------------------------------------------------
+
+    def advance_time(self, now_ns: int) -> None:
+        """Run perf_sched_work when its second has passed: disable the key if still unused."""
+        self.now_ns = max(self.now_ns, now_ns)
+        if self.key_disable_at is not None and self.now_ns >= self.key_disable_at:
+            self.key_disable_at = None
+            if self.sched_count == 0 and self.key_enabled:
+                self.key_enabled = False
+                self.stats["static_key"]["disable"] += 1
+
+    # --- scheduler ------------------------------------------------------------------------------
+
+    def task(self, name: str) -> Task:
+        return self.tasks.setdefault(name, Task(name))
+
+    def sched_in(self, name: str, cpu: int, ledger: Ledger) -> None:
+        """The task starts running on ``cpu``: its enabled events try to get a counter there."""
+        self.topo.socket_of(cpu)
+        task = self.task(name)
+        if task.cpu != -1:
+            self.sched_out(name, ledger)
+        if task.last_cpu not in (-1, cpu):
+            self.stats["sched_in_other_cpu"] += 1
+        task.cpu = task.last_cpu = cpu
+        for ev in task.events:
+            self._event_sched_in(ev, ledger)
+
+    def sched_out(self, name: str, ledger: Ledger) -> None:
+        task = self.task(name)
+        for ev in task.events:
+            self._event_sched_out(ev, ledger)
+        task.cpu = -1
+
+    def _event_sched_in(self, ev: PerfEvent, ledger: Ledger) -> None:
+        cpu = self.tasks[ev.task].cpu
+        if cpu == -1 or not ev.enabled or ev.error or ev.slot is not None:
+            return
+        ledger.charge("x86_counter_schedule")
+        ev.slot = self.pmus[cpu].assign(ev)
+        if ev.slot is None:
+            ev.error = True              # a pinned event with no counter: perf's error state
+            self.stats["pinned_errors"] += 1
+            return
+        ledger.charge("pmu_wrmsr", 2)    # counter value, then event select
+        ev.oncpu = cpu
+
+    def _event_sched_out(self, ev: PerfEvent, ledger: Ledger) -> None:
+        if ev.slot is None:
+            return
+        ledger.charge("pmu_wrmsr")       # clear the event select
+        self.pmus[ev.oncpu].release(ev.slot)
+        ev.slot, ev.oncpu = None, -1
+
+    # --- the perf API KVM calls ----------------------------------------------------------------
+
+    def call(self, owner: str, op: str, args: dict, ledger: Ledger) -> dict:
+        """One perf call from the vCPU task ``owner``, as it arrives in a PERF_CALL message."""
+        if op == "account":                  # only the retired events, counted before the op
+            return {}
+        if op == "sched_in":
+            self.sched_in(owner, args["cpu"], ledger)
+            return {}
+        if op == "sched_out":
+            self.sched_out(owner, ledger)
+            return {}
+        if op == "create":
+            ev = self.create(owner, args, ledger)
+            return {"handle": ev.handle, "oncpu": ev.oncpu}
+        if op == "release":
+            return {"count": self.release(owner, args["handle"], ledger)}
+        if op == "read":
+            ev = self.read(owner, args["handle"], ledger)
+            return {"count": ev.count, "enabled": ev.time_enabled, "running": ev.time_running}
+        if op == "pause":
+            return {"count": self.pause(owner, args["handle"], bool(args.get("reset")), ledger)}
+        if op == "period":
+            self.period(owner, args["handle"], args["period"], ledger)
+            return {}
+        if op in ("enable", "disable"):
+            getattr(self, op)(owner, args["handle"], ledger)
+            return {}
+        raise PerfError(f"unknown perf call {op!r}")
+
+    def owned(self, owner: str, handle: int) -> PerfEvent:
+        ev = self.events.get(handle)
+        if ev is None:
+            raise PerfError(f"no perf event {handle}")
+        if ev.owner != owner:
+            raise PerfError(f"perf event {handle} belongs to {ev.owner}, not {owner}")
+        return ev
+
+    def create(self, owner: str, args: dict, ledger: Ledger) -> PerfEvent:
+        """perf_event_create_kernel_counter(attr, cpu=-1, task=current, overflow_handler)."""
+        kind = args["kind"]
+        if kind not in msr.EVENT_KINDS:
+            raise PerfError(f"event kind {kind!r} is not supported by this PMU")
+        period = args["sample_period"]
+        if type(period) is not int or period < 0:
+            raise PerfError(f"sample_period {period!r}")
+        ledger.charge("perf_event_alloc")
+        self._reserve_hardware(ledger)
+        self._account_event(ledger)
+        ev = self._new_event(owner, owner, -1, kind, bool(args.get("exclude_user")),
+                             bool(args.get("exclude_kernel")), period, args.get("context", -1))
+        task = self.task(owner)
+        task.events.append(ev)
+        ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
+        ledger.charge("local_function_call")
+        self._event_sched_in(ev, ledger)
+        return ev
+
+    def release(self, owner: str, handle: int, ledger: Ledger) -> int:
+        """perf_event_release_kernel: remove from the task context, unaccount, free."""
+        ev = self.owned(owner, handle)
+        ledger.charge("perf_ctx_lock")
+        ledger.charge("local_function_call")
+        self._event_sched_out(ev, ledger)
+        self.tasks[ev.task].events.remove(ev)
+        del self.events[handle]
+        self._unaccount_event()
+        self._release_hardware(ledger)
+        ledger.charge("perf_event_free")
+        return ev.count
+
+    def read(self, owner: str, handle: int, ledger: Ledger) -> PerfEvent:
+        """perf_event_read_value: count, time enabled, time running."""
+        ev = self.owned(owner, handle)
+        ledger.charge("perf_read_value")
+        if ev.slot is not None:
+            ledger.charge("rdpmc")
+        return ev
+
+    def pause(self, owner: str, handle: int, reset: bool, ledger: Ledger) -> int:
+        """perf_event_pause: disable, read and optionally reset, under one ctx lock."""
+        ev = self.owned(owner, handle)
+        ledger.charge("perf_ctx_lock")
+        self._disable(ev, ledger)
+        count = ev.count
+        if reset:
+            ev.count = 0
+        return count
+
+    def period(self, owner: str, handle: int, period: int, ledger: Ledger) -> None:
+        """perf_event_period: a new sample period; 0 is rejected (-EINVAL)."""
+        ev = self.owned(owner, handle)
+        ledger.charge("perf_ctx_lock")
+        if type(period) is not int or period <= 0 or not ev.sample_period:
+            raise PerfError(f"period {period!r} rejected for event {handle}")
+        ev.sample_period = period
+        if ev.slot is not None:          # an active event is stopped and restarted in place
+            ledger.charge("local_function_call")
+            ledger.charge("pmu_wrmsr", 3)
+        ev.period_left = ev.armed_period
+
+    def enable(self, owner: str, handle: int, ledger: Ledger) -> None:
+        ev = self.owned(owner, handle)
+        ledger.charge("perf_ctx_lock")
+        if not ev.enabled:
+            ev.enabled, ev.error = True, False
+            ledger.charge("local_function_call")
+            self._event_sched_in(ev, ledger)
+
+    def disable(self, owner: str, handle: int, ledger: Ledger) -> None:
+        ev = self.owned(owner, handle)
+        ledger.charge("perf_ctx_lock")
+        self._disable(ev, ledger)
+
+    def _disable(self, ev: PerfEvent, ledger: Ledger) -> None:
+        if ev.enabled:
+            ev.enabled = False
+            ledger.charge("local_function_call")
+            self._event_sched_out(ev, ledger)
+
+    # --- counting, overflow, budget --------------------------------------------------------------
+
+    def account(self, name: str, retired: dict, cpl: int = 3) -> list[PerfEvent]:
+        """Count what the guest retired on the task's pCPU; return the events that overflowed
+        and whose owner must be called back, in counter order."""
+        task = self.task(name)
+        overflowed = []
+        cycles = retired.get("cycles", 0)
+        for ev in task.events:
+            if ev.enabled:
+                ev.time_enabled += cycles
+            if ev.slot is None or not ev.counts(cpl):
+                continue
+            ev.time_running += cycles
+            n = retired.get(ev.kind, 0)
+            if n <= 0:
+                continue
+            ev.count += n
+            ev.period_left -= n
+            if ev.period_left <= 0:
+                self._host_pmi(ev)
+                if ev.sample_period:
+                    overflowed.append(ev)
+        return overflowed
+
+    def _host_pmi(self, ev: PerfEvent) -> None:
+        """intel_pmu_handle_irq for one counter: update the count (done), re-arm the period."""
+        self.stats["overflows"] += 1
+        period, left = ev.armed_period, ev.period_left
+        if left <= -period:
+            left = period
+        elif left <= 0:
+            left += period
+        ev.period_left = min(left, MAX_PERIOD)
+        if ev.sample_period:
+            self.stats["overflows_to_owner"] += 1
+
+    def budget(self, name: str) -> dict[str, int]:
+        """Events of each kind that may retire on the task's pCPU before a counter overflows."""
+        out: dict[str, int] = {}
+        for ev in self.task(name).events:
+            if ev.slot is not None:
+                out[ev.kind] = min(out.get(ev.kind, ev.period_left), ev.period_left)
+        return out
+
+    def oncpu(self, name: str) -> dict[str, int]:
+        return {str(ev.handle): ev.oncpu for ev in self.task(name).events}
+
+    # --- x86 hardware reservation and the debug store ------------------------------------------
+
+    def _reserve_hardware(self, ledger: Ledger) -> None:
+        """x86_reserve_hardware: on pmc_refcount 0 -> 1, reserve_ds_buffers on every CPU."""
+        self.pmc_refcount += 1
+        if self.pmc_refcount == 1:
+            self.stats["refcount_crossings"]["reserve"] += 1
+            n = self.topo.ncpus
+            pages = costs.DS_BUFFER_PAGES * costs.DS_BUFFERS_PER_CPU * n
+            ledger.charge("page_alloc", costs.DS_BUFFERS_PER_CPU * n)
+            ledger.charge("page_zero", pages)
+            ledger.charge("pte_update", pages)          # ds_update_cea maps each page
+            self._tlb_shootdowns(costs.DS_BUFFERS_PER_CPU * n, ledger)
+            self._wrmsr_on_each_cpu(ledger)             # init_debug_store_on_cpu: DS_AREA
+
+    def _release_hardware(self, ledger: Ledger) -> None:
+        """x86_release_hardware: on pmc_refcount 1 -> 0, release_ds_buffers on every CPU."""
+        self.pmc_refcount -= 1
+        if self.pmc_refcount == 0:
+            self.stats["refcount_crossings"]["release"] += 1
+            n = self.topo.ncpus
+            pages = costs.DS_BUFFER_PAGES * costs.DS_BUFFERS_PER_CPU * n
+            self._wrmsr_on_each_cpu(ledger)             # fini_debug_store_on_cpu
+            ledger.charge("pte_update", pages)          # ds_clear_cea unmaps each page
+            self._tlb_shootdowns(costs.DS_BUFFERS_PER_CPU * n, ledger)
+            ledger.charge("page_free", costs.DS_BUFFERS_PER_CPU * n)
+
+    def _tlb_shootdowns(self, times: int, ledger: Ledger) -> None:
+        """``times`` flush_tlb_kernel_range calls of one DS buffer each, from the calling CPU:
+        an IPI to every other CPU (a csd queued into the target's line and read back), a local
+        flush, and the wait for the slowest target."""
+        self._ipi_many(times, ledger)
+        ledger.charge("invlpg", 2 * costs.DS_BUFFER_PAGES * times)   # local, then the slowest
+
+    def _ipi_many(self, times: int, ledger: Ledger) -> None:
+        ledger.charge("cacheline_transfer_same_socket", 2 * self._same_socket_others * times)
+        ledger.charge("cacheline_transfer_cross_socket", 2 * self._cross_socket * times)
+        ledger.charge("apic_icr_write", (self.topo.ncpus - 1) * times)
+        if self._cross_socket:
+            ledger.charge("ipi_delivery_cross_socket", times)
+        elif self._same_socket_others:
+            ledger.charge("ipi_delivery_same_socket", times)
+
+    def _wrmsr_on_each_cpu(self, ledger: Ledger) -> None:
+        """wrmsr_on_cpu() for every CPU in turn: local for the caller's, one IPI and a wait for
+        each other."""
+        same, cross = self._same_socket_others, self._cross_socket
+        ledger.charge("local_function_call")
+        ledger.charge("pmu_wrmsr", self.topo.ncpus)
+        ledger.charge("cacheline_transfer_same_socket", 2 * same)
+        ledger.charge("cacheline_transfer_cross_socket", 2 * cross)
+        ledger.charge("apic_icr_write", same + cross)
+        ledger.charge("ipi_delivery_same_socket", same)
+        ledger.charge("ipi_delivery_cross_socket", cross)
+
+    def _account_event(self, ledger: Ledger) -> None:
+        """account_event for a task event: the first one enables perf_sched_events."""
+        ledger.charge("locked_rmw")
+        self.sched_count += 1
+        if self.key_disable_at is not None:
+            self.key_disable_at = None           # the deferred disable finds the key in use
+            self.stats["static_key"]["deferred_cancelled"] += 1
+        if not self.key_enabled:
+            self.key_enabled = True
+            self.stats["static_key"]["enable"] += 1
+            ipis = costs.PERF_SCHED_EVENTS_SITES * costs.TEXT_POKE_IPIS_PER_SITE
+            self._ipi_many(ipis, ledger)
+            ledger.charge("rcu_grace_period")    # synchronize_sched() after the patch
+
+    def _unaccount_event(self) -> None:
+        """unaccount_event: a would-be last disable is deferred by a second (perf_sched_work)."""
+        self.sched_count -= 1
+        if self.sched_count == 0 and self.key_enabled:
+            self.key_disable_at = self.now_ns + STATIC_KEY_DISABLE_DELAY_NS

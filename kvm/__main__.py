@@ -1,0 +1,5 @@
+import sys
+
+from kvm.main import main
+
+sys.exit(main())

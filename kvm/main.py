@@ -1,0 +1,80 @@
+"""The KVM process: one per VM, one pinned thread per vCPU."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from common import config, schema, service, transport
+from common.schema import MsgType
+from common.topology import preset
+from kvm import policies
+from kvm.vcpu import VcpuThread
+
+log = logging.getLogger("kvm")
+
+
+class Vm:
+    """The vCPU threads of one run of this VM."""
+
+    def __init__(self, svc: service.Service, listen_base: str):
+        self.svc = svc
+        self.listen_base = listen_base
+        self.threads: list[VcpuThread] = []
+
+    def configure(self, run: int, cfg: dict, peers: dict) -> dict:
+        self.stop()
+        policy = policies.load(cfg["policy"])
+        vcfg = dict(cfg, ghz=preset(cfg["host"]["preset"]).ghz)
+        self.threads = [VcpuThread(self.svc.ctx, self.svc.name.removeprefix("kvm-"), i, pcpu, run,
+                                   policy, vcfg, peers["perf"], self.listen_base)
+                        for i, pcpu in enumerate(config.vcpu_pins(cfg))]
+        for t in self.threads:
+            t.start()
+        for t in self.threads:
+            t.bound.wait(transport.DEFAULT_TIMEOUT_S)
+            if t.failure or not t.endpoint:
+                raise RuntimeError(f"vCPU {t.index} did not come up: {t.failure}")
+        log.info("run %d: policy %s, vCPUs pinned to pCPUs %s", run, policy.name,
+                 [t.pcpu for t in self.threads])
+        return {"vcpus": [t.endpoint for t in self.threads]}
+
+    def finish(self) -> dict:
+        for t in self.threads:
+            t.join(transport.DEFAULT_TIMEOUT_S)
+        reports = [t.report() for t in self.threads]
+        for r in reports:
+            log.info("vCPU %d summary: exits %d, handle_event %d, overflows %d, injected %d",
+                     r["vcpu"], sum(r["exits"].values()), len(r["handle_event"]["modeled_ns"]),
+                     r["overflows"], r["injected"])
+        return {"vcpus": reports}
+
+    def stop(self) -> None:
+        for t in self.threads:
+            t.stop.set()
+        for t in self.threads:
+            t.join(transport.DEFAULT_TIMEOUT_S)
+        self.threads = []
+
+
+def main(argv=None) -> int:
+    args = service.arg_parser("kvm").parse_args(argv)
+    svc = service.Service("kvm", args)
+    vm = Vm(svc, args.listen)
+    try:
+        svc.hello({"vcpu_base": args.listen})
+
+        def on_control(msg: schema.Message) -> None:
+            if msg.type == MsgType.CONFIGURE:
+                endpoints = vm.configure(msg.body.run, msg.body.config, msg.body.peers)
+                svc.send(schema.Ready(msg.body.run, endpoints))
+            elif msg.type == MsgType.FINISH:
+                svc.send(schema.Report(msg.body.run, vm.finish()))
+
+        return svc.serve(on_control)
+    finally:
+        vm.stop()
+        svc.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

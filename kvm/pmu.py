@@ -1,0 +1,319 @@
+"""KVM's vPMU state and PMU MSR emulation for one vCPU (arch/x86/kvm/pmu.c, vmx/pmu_intel.c).
+
+Each guest counter is a ``KvmPmc`` backed by a host perf event bound to the vCPU task. The
+guest-visible rules are those of pmu-guest-semantics.md; *when* the backing events are released,
+created, paused or resumed is the policy's job (kvm/policies/).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Protocol
+
+from common import msr
+from common.costs import Ledger
+
+KVM_REQ_PMU = "KVM_REQ_PMU"
+KVM_REQ_PMI = "KVM_REQ_PMI"
+
+
+class GuestFault(Exception):
+    """#GP: KVM injects a general-protection fault into the guest instead of completing the
+    instruction."""
+
+
+class PerfApi(Protocol):
+    """The host perf calls a vCPU thread can make (a message round trip in the real run)."""
+
+    def call(self, op: str, **args) -> dict: ...
+
+
+@dataclasses.dataclass
+class KvmPmc:
+    idx: int                       # GP i: i; fixed j: 32 + j (its GLOBAL_CTRL/STATUS bit)
+    counter: int = 0
+    eventsel: int = 0              # GP: PERFEVTSEL; fixed: its 4-bit FIXED_CTR_CTRL field
+    perf_event: int | None = None  # handle of the backing host event
+    oncpu: int = -1                # KVM's mirror of perf_event->oncpu, from the host's replies
+    current_config: int = 0        # reuse/deferred: config of the live event
+    is_paused: bool = False
+    intr: bool = False
+
+    @property
+    def fixed(self) -> bool:
+        return self.idx >= msr.FIXED_IDX_BASE
+
+    @property
+    def bit(self) -> int:
+        return 1 << self.idx
+
+
+class KvmPmu:
+    """``struct kvm_pmu`` plus the MSR emulation that works on it."""
+
+    def __init__(self, perf: PerfApi, policy, nr_gp: int = 4, nr_fixed: int = 3,
+                 ledger: Ledger | None = None):
+        self.perf = perf
+        self.policy = policy
+        self.version = 2
+        self.nr_gp, self.nr_fixed = nr_gp, nr_fixed
+        self.gp = [KvmPmc(i) for i in range(nr_gp)]
+        self.fixed = [KvmPmc(msr.FIXED_IDX_BASE + j) for j in range(nr_fixed)]
+        self.counter_bitmask = msr.COUNTER_MASK
+        self.all_valid_pmc_idx = ((1 << nr_gp) - 1) | (((1 << nr_fixed) - 1) << msr.FIXED_IDX_BASE)
+        self.global_ctrl = (1 << nr_gp) - 1          # reset state of current KVM
+        self.global_status = 0
+        self.fixed_ctr_ctrl = 0
+        self.reprogram_pmi = 0
+        self.pmc_in_use = 0
+        self.need_cleanup = False
+        self.lvtpc = msr.APIC_LVT_MASKED              # LVTPC starts masked
+        self.cpu = -1                                 # vcpu->cpu, set by the vCPU's load
+        self.requests: set[str] = set()
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.stats = {"reprogram_counter": collections.Counter(),
+                      "handle_event": collections.Counter(),
+                      "overflows": 0, "overflows_ignored": 0, "gp_faults": 0}
+
+    # --- lookup ---------------------------------------------------------------------------------
+
+    def pmc(self, idx: int) -> KvmPmc | None:
+        if idx >= msr.FIXED_IDX_BASE:
+            j = idx - msr.FIXED_IDX_BASE
+            return self.fixed[j] if j < self.nr_fixed else None
+        return self.gp[idx] if 0 <= idx < self.nr_gp else None
+
+    def pmcs(self):
+        return [*self.gp, *self.fixed]
+
+    def config_of(self, pmc: KvmPmc) -> int:
+        return pmc.eventsel
+
+    def enabled(self, pmc: KvmPmc) -> bool:
+        """Both enables: the counter's own (EN / fixed field) and its GLOBAL_CTRL bit."""
+        local = pmc.eventsel & 0x3 if pmc.fixed else pmc.eventsel & msr.EVTSEL_EN
+        return bool(local) and bool(self.global_ctrl & pmc.bit)
+
+    # --- counters and the host event ------------------------------------------------------------
+
+    def read_counter(self, pmc: KvmPmc) -> int:
+        """pmc_read_counter: the saved value plus what the live event counted."""
+        value = pmc.counter
+        if pmc.perf_event is not None and not pmc.is_paused:
+            value += self.perf.call("read", handle=pmc.perf_event)["count"]
+        return value & self.counter_bitmask
+
+    def sample_period(self, pmc: KvmPmc) -> int:
+        """The period that makes the host event overflow when the guest counter wraps."""
+        return (-pmc.counter) & self.counter_bitmask
+
+    def stop_counter(self, pmc: KvmPmc) -> None:
+        """pmc_stop_counter: fold the event's count into the counter and release the event."""
+        if pmc.perf_event is None:
+            return
+        pmc.counter = self.read_counter(pmc)
+        self.perf.call("release", handle=pmc.perf_event)
+        pmc.perf_event, pmc.oncpu, pmc.is_paused, pmc.current_config = None, -1, False, 0
+
+    def create_event(self, pmc: KvmPmc, period: int) -> None:
+        """pmc_reprogram_counter: a pinned, guest-only, task-bound kernel counter."""
+        self.ledger.charge("kvm_pmc_attr_setup")
+        kind, user, kernel = self.event_of(pmc)
+        if kind is None:
+            return                                    # an event the host PMU cannot count
+        result = self.perf.call("create", kind=kind, exclude_user=not user,
+                                exclude_kernel=not kernel, sample_period=period,
+                                context=pmc.idx, intr=pmc.intr)
+        pmc.perf_event = result["handle"]
+        pmc.oncpu = result["oncpu"]
+        pmc.current_config = self.config_of(pmc)
+        pmc.is_paused = False
+        self.reprogram_pmi &= ~pmc.bit
+
+    def event_of(self, pmc: KvmPmc) -> tuple[str | None, bool, bool]:
+        """The event kind and the USR/OS filter the counter's configuration asks for."""
+        if pmc.fixed:
+            field = pmc.eventsel
+            return (msr.FIXED_EVENTS[pmc.idx - msr.FIXED_IDX_BASE],
+                    bool(field & msr.FIXED_CTRL_USR), bool(field & msr.FIXED_CTRL_OS))
+        return (msr.evtsel_kind(pmc.eventsel), bool(pmc.eventsel & msr.EVTSEL_USR),
+                bool(pmc.eventsel & msr.EVTSEL_OS))
+
+    def reprogram(self, pmc: KvmPmc, cause: str) -> None:
+        self.stats["reprogram_counter"][cause] += 1
+        self.policy.reprogram_counter(self, pmc)
+
+    def request_reprogram(self, pmc: KvmPmc, cause: str) -> None:
+        """A guest change of the counter's configuration: the policy reprograms now or marks it."""
+        self.pmc_in_use |= pmc.bit
+        self.policy.config_changed(self, pmc, cause)
+
+    # --- overflow callback and PMI ----------------------------------------------------------------
+
+    def perf_overflow(self, idx: int) -> None:
+        """kvm_perf_overflow(_intr): runs in the host's PMI context for this vCPU's event."""
+        pmc = self.pmc(idx)
+        if pmc is None:
+            return
+        self.stats["overflows"] += 1
+        self.ledger.charge("locked_rmw")              # test_and_set_bit(reprogram_pmi)
+        if self.reprogram_pmi & pmc.bit:
+            self.stats["overflows_ignored"] += 1      # an overflow racing a pending reprogram
+            return
+        self.reprogram_pmi |= pmc.bit
+        self.global_status |= pmc.bit
+        if pmc.intr:
+            self.requests.add(KVM_REQ_PMI)
+        self.requests.add(KVM_REQ_PMU)
+
+    def handle_event(self) -> None:
+        """kvm_pmu_handle_event: the policy decides what each pending bit costs."""
+        self.ledger.charge("kvm_pmu_handle_event_call")
+        self.policy.handle_event(self)
+
+    # --- MSR emulation --------------------------------------------------------------------------
+
+    def _counter_msr(self, index: int) -> tuple[KvmPmc | None, str]:
+        """Map a counter MSR to its pmc and the kind of access ('legacy', 'full', 'fixed')."""
+        if msr.MSR_IA32_PERFCTR0 <= index < msr.MSR_IA32_PERFCTR0 + 8:
+            return self.pmc(index - msr.MSR_IA32_PERFCTR0), "legacy"
+        if msr.MSR_IA32_PMC0 <= index < msr.MSR_IA32_PMC0 + 8:
+            return self.pmc(index - msr.MSR_IA32_PMC0), "full"
+        if msr.MSR_CORE_PERF_FIXED_CTR0 <= index < msr.MSR_CORE_PERF_FIXED_CTR0 + 8:
+            j = index - msr.MSR_CORE_PERF_FIXED_CTR0
+            return (self.fixed[j] if j < self.nr_fixed else None), "fixed"
+        return None, ""
+
+    def _legacy_p6(self, index: int) -> bool:
+        """PERFCTR0/1 (0xC1/0xC2) exist on every P6-class CPU: KVM drops writes and reads 0."""
+        return index in (msr.MSR_IA32_PERFCTR0, msr.MSR_IA32_PERFCTR0 + 1)
+
+    def get_msr(self, index: int) -> int:
+        self.ledger.charge("msr_emulation")
+        if index == msr.MSR_CORE_PERF_FIXED_CTR_CTRL:
+            return self.fixed_ctr_ctrl
+        if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
+            return self.global_status
+        if index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
+            return self.global_ctrl
+        if index == msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
+            return 0
+        if index == msr.MSR_IA32_PERF_CAPABILITIES:
+            return msr.PERF_CAP_FW_WRITE
+        if index == msr.MSR_X2APIC_LVTPC:
+            return self.lvtpc
+        if msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + 8:
+            pmc = self.pmc(index - msr.MSR_P6_EVNTSEL0)
+            if pmc is not None:
+                return pmc.eventsel
+        pmc, _ = self._counter_msr(index)
+        if pmc is not None:
+            return self.read_counter(pmc)
+        if self._legacy_p6(index):
+            return 0
+        raise GuestFault(f"RDMSR {index:#x}: no such MSR")
+
+    def set_msr(self, index: int, data: int) -> None:
+        self.ledger.charge("msr_emulation")
+        if not 0 <= data <= msr.U64:
+            raise GuestFault(f"WRMSR {index:#x}: value {data:#x} is not 64 bits")
+        if index == msr.MSR_CORE_PERF_FIXED_CTR_CTRL:
+            return self._set_fixed_ctr_ctrl(data)
+        if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
+            raise GuestFault("WRMSR GLOBAL_STATUS: read-only")
+        if index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
+            return self._set_global_ctrl(data)
+        if index == msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
+            if data & ~(self.all_valid_pmc_idx | msr.GLOBAL_OVF_BUFFER | msr.GLOBAL_COND_CHGD):
+                raise GuestFault(f"WRMSR GLOBAL_OVF_CTRL {data:#x}: reserved bits")
+            self.global_status &= ~data
+            return None
+        if index == msr.MSR_X2APIC_LVTPC:
+            self.lvtpc = data & (msr.APIC_LVT_MASKED | msr.APIC_DM_MASK | msr.APIC_VECTOR_MASK)
+            return None
+        if index == msr.MSR_X2APIC_EOI:
+            return None
+        if msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + 8:
+            pmc = self.pmc(index - msr.MSR_P6_EVNTSEL0)
+            if pmc is not None:
+                return self._set_eventsel(pmc, data)
+        pmc, access = self._counter_msr(index)
+        if pmc is not None:
+            if access == "legacy":
+                data = msr.sign_extend_32(data)
+            elif data & ~self.counter_bitmask:
+                raise GuestFault(f"WRMSR {index:#x} = {data:#x}: bits above the counter width")
+            self.policy.write_counter(self, pmc, data & self.counter_bitmask)
+            self.pmc_in_use |= pmc.bit
+            return None
+        if self._legacy_p6(index):
+            return None
+        raise GuestFault(f"WRMSR {index:#x}: no such MSR")
+
+    def _set_eventsel(self, pmc: KvmPmc, data: int) -> None:
+        if data == pmc.eventsel:
+            return
+        if data & msr.EVTSEL_RESERVED:
+            raise GuestFault(f"WRMSR PERFEVTSEL{pmc.idx} = {data:#x}: reserved bits")
+        pmc.eventsel = data
+        pmc.intr = bool(data & msr.EVTSEL_INT)
+        self.request_reprogram(pmc, "msr_write")
+
+    def _set_fixed_ctr_ctrl(self, data: int) -> None:
+        if data == self.fixed_ctr_ctrl:
+            return
+        valid = sum(0xB << (4 * j) for j in range(self.nr_fixed))   # OS, USR, PMI (no ANY in v2)
+        if data & ~valid:
+            raise GuestFault(f"WRMSR FIXED_CTR_CTRL = {data:#x}: reserved bits")
+        old, self.fixed_ctr_ctrl = self.fixed_ctr_ctrl, data
+        for j, pmc in enumerate(self.fixed):
+            field = msr.fixed_field(data, j)
+            if field != msr.fixed_field(old, j):
+                pmc.eventsel = field
+                pmc.intr = bool(field & msr.FIXED_CTRL_PMI)
+                self.request_reprogram(pmc, "msr_write")
+
+    def _set_global_ctrl(self, data: int) -> None:
+        if data == self.global_ctrl:
+            return
+        if data & ~self.all_valid_pmc_idx:
+            raise GuestFault(f"WRMSR GLOBAL_CTRL = {data:#x}: reserved bits")
+        old, self.global_ctrl = self.global_ctrl, data
+        for pmc in self.pmcs():
+            if (old ^ data) & pmc.bit:
+                self.request_reprogram(pmc, "msr_write")
+
+    def rdpmc(self, ecx: int) -> int:
+        self.ledger.charge("msr_emulation")
+        if ecx & msr.RDPMC_FAST:
+            raise GuestFault(f"RDPMC {ecx:#x}: fast reads are not supported")
+        idx = ecx & ~msr.RDPMC_FIXED
+        pmc = self.pmc(msr.FIXED_IDX_BASE + idx if ecx & msr.RDPMC_FIXED else idx) \
+            if idx < msr.FIXED_IDX_BASE else None
+        if pmc is None:
+            raise GuestFault(f"RDPMC {ecx:#x}: no such counter")
+        return self.read_counter(pmc)
+
+    def cpuid(self, leaf: int, subleaf: int) -> list[int]:
+        """CPUID as far as the PMU goes: leaf 1 (PDCM), leaf 0xA (architectural PMU)."""
+        if leaf == 0x1:
+            return [0, 0, 1 << 15, 0]                 # ECX.PDCM: PERF_CAPABILITIES exists
+        if leaf == 0xA:
+            eax = (self.version | self.nr_gp << 8 | msr.COUNTER_WIDTH << 16
+                   | len(msr.ARCH_EVENTS) << 24)
+            edx = self.nr_fixed | msr.COUNTER_WIDTH << 5
+            return [eax, 0, 0, edx]                   # EBX 0: every architectural event exists
+        return [0, 0, 0, 0]
+
+    # --- PMI delivery -----------------------------------------------------------------------------
+
+    def deliver_pmi(self) -> tuple[str, int] | None:
+        """kvm_pmu_deliver_pmi through LVTPC: what to inject, or None when LVTPC is masked."""
+        self.ledger.charge("lapic_deliver_pmi")
+        if self.lvtpc & msr.APIC_LVT_MASKED:
+            return None
+        if self.policy.mask_lvtpc_on_pmi:
+            self.lvtpc |= msr.APIC_LVT_MASKED
+        if self.lvtpc & msr.APIC_DM_MASK == msr.APIC_DM_NMI:
+            return ("nmi", 2)
+        return ("intr", self.lvtpc & msr.APIC_VECTOR_MASK)

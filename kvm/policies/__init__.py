@@ -1,0 +1,32 @@
+"""Reprogramming policies: when KVM releases, creates, pauses or resumes the host events.
+
+A policy is a class with one job, in one module that defines ``POLICY``. Built-in ones live here;
+``load_file`` takes one from outside the tree so that a patch can be tried without a fork.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+BUILTIN = ("always", "oncpu")
+
+
+def load(name: str):
+    """An instance of the built-in policy ``name``."""
+    if name not in BUILTIN:
+        raise ValueError(f"unknown policy {name!r}; built in: {', '.join(BUILTIN)}")
+    return importlib.import_module(f"kvm.policies.{name}").POLICY()
+
+
+def load_file(path: str):
+    """An instance of the policy defined by the file at ``path`` (its ``POLICY`` class)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"vpmu_policy_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "POLICY"):
+        raise ValueError(f"{path}: defines no POLICY class")
+    return module.POLICY()

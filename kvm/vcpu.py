@@ -1,0 +1,258 @@
+"""One vCPU thread of the KVM process: guest exits in, host perf calls out, VM entries back.
+
+The thread owns two sockets: a DEALER to the host (its perf calls, and the overflow callbacks of its
+events, which the host sends ahead of the reply of the call during which they happened) and a ROUTER
+its guest vCPU connects to (exits in, injections and entries out).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+
+import zmq
+
+from common import costs, logsetup, msr, schema, transport
+from common.costs import Ledger
+from common.schema import MsgType
+from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu
+
+log = logging.getLogger("kvm")
+
+PERF_API_OPS = ("create", "release", "read", "pause", "period", "enable", "disable")
+
+
+class HostLink:
+    """The vCPU's perf API over its link to the host, and the budget the host hands out."""
+
+    def __init__(self, chan: transport.Channel, name: str, ledger: Ledger, params: dict,
+                 errors: transport.ErrorLog):
+        self.chan = chan
+        self.name = name
+        self.ledger = ledger
+        self.params = params
+        self.errors = errors
+        self.pmu: KvmPmu | None = None
+        self.pending: collections.Counter = collections.Counter()   # retired, not yet sent
+        self.budget: dict[str, int] = {}
+        self.next_id = 1
+        self.now_ns = 0                  # the vCPU's modeled clock, passed to the host
+        self.calls: collections.Counter = collections.Counter()
+        self.timeout_s = transport.DEFAULT_TIMEOUT_S
+
+    def call(self, op: str, **args) -> dict:
+        call_id = self.next_id
+        self.next_id += 1
+        self.calls[op] += 1
+        self.chan.send(schema.PerfCall(call_id, op, args, dict(self.pending), self.now_ns))
+        self.pending.clear()
+        while True:
+            try:
+                _, msg = self.chan.recv(self.timeout_s)
+            except schema.ProtocolError as exc:
+                self.errors.record(exc.kind, exc.detail, "host")
+                continue
+            if msg.type == MsgType.OVERFLOW:
+                self.pmu.perf_overflow(msg.body.context)
+                continue
+            if msg.type == MsgType.PERF_REPLY and msg.body.id == call_id:
+                return self._take_reply(msg.body)
+            self.errors.record("unknown_type", f"{msg.type.value} while waiting for call "
+                               f"{call_id}", "host")
+
+    def _take_reply(self, reply: schema.PerfReply) -> dict:
+        for name, times in reply.ledger.items():
+            self.ledger.charge(name, times)
+        self.budget = reply.budget
+        for pmc in self.pmu.pmcs():
+            if pmc.perf_event is not None:
+                pmc.oncpu = reply.oncpu.get(str(pmc.perf_event), -1)
+        if not reply.ok:
+            raise RuntimeError(f"host refused {reply.result}: {reply.error}")
+        return reply.result
+
+    def retired(self, events: dict) -> bool:
+        """Take what the guest retired; True when that spent a budget (a hardware overflow)."""
+        self.pending.update(events)
+        return any(self.pending[k] >= left for k, left in self.budget.items())
+
+    def guest_budget(self) -> dict:
+        return {k: max(left - self.pending[k], 0) for k, left in self.budget.items()}
+
+
+class VcpuThread(threading.Thread):
+    def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
+                 policy, cfg: dict, host_ep: str, listen_base: str):
+        super().__init__(name=f"{vm}-vcpu{index}", daemon=True)
+        self.ctx, self.vm, self.index, self.pcpu, self.run_id = ctx, vm, index, pcpu, run
+        self.policy, self.cfg, self.host_ep = policy, cfg, host_ep
+        self.listen = transport.vcpu_endpoint(listen_base, run, index)
+        self.endpoint = ""
+        self.bound = threading.Event()
+        self.stop = threading.Event()
+        self.failure: str | None = None
+        self.params = costs.resolve(cfg["costs"])
+        self.ghz = cfg["ghz"]
+        self.ledger = Ledger()
+        self.guest_ns = 0
+        self.nmi_pending = False
+        self.exits: collections.Counter = collections.Counter()
+        self.he_measured: list[int] = []
+        self.he_modeled: list[int] = []
+        self.he_ledger = Ledger()
+        self.injected = 0
+        self.nmi_blocked = False
+        self.errors = transport.ErrorLog(log)
+
+    # --- thread body ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        logsetup.set_context(self.index, self.pcpu)
+        host = guest = None
+        try:
+            host = transport.Channel(transport.socket(self.ctx, zmq.DEALER,
+                                                      f"{self.vm}/vcpu{self.index}"))
+            host.sock.connect(self.host_ep)
+            guest = transport.Channel(transport.socket(self.ctx, zmq.ROUTER))
+            self.endpoint = transport.bind(guest.sock, self.listen)
+            self.host = HostLink(host, f"{self.vm}/vcpu{self.index}", self.ledger, self.params,
+                                 self.errors)
+            self.pmu = KvmPmu(self.host, self.policy, ledger=self.ledger)
+            self.host.pmu = self.pmu
+            host.send(schema.Hello("vcpu", self.host.name, os.getpid()))
+            transport.wait_for(host, MsgType.WELCOME, transport.DEFAULT_TIMEOUT_S)
+            self.vcpu_load(self.pcpu)
+            self.bound.set()
+            log.info("vCPU thread up: guest endpoint %s, host %s, policy %s", self.endpoint,
+                     self.host_ep, self.policy.name)
+            self.serve(guest)
+        except Exception as exc:  # the thread's failure is reported by the process
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("vCPU thread failed")
+        finally:
+            self.bound.set()
+            for chan in (host, guest):
+                if chan is not None:
+                    chan.close()
+
+    def vcpu_load(self, pcpu: int) -> None:
+        """The host schedules the vCPU task in on ``pcpu``; then kvm_arch_vcpu_load sets cpu."""
+        self.host.call("sched_in", cpu=pcpu)
+        self.pmu.cpu = self.pcpu = pcpu
+
+    def serve(self, guest: transport.Channel) -> None:
+        while not self.stop.is_set():
+            try:
+                peer, msg = guest.recv(0.5)
+            except transport.PeerLost:
+                continue
+            except schema.ProtocolError as exc:
+                self.errors.record(exc.kind, exc.detail, "guest")
+                guest.send(schema.Error(exc.kind, exc.detail), exc.peer)
+                continue
+            if msg.type == MsgType.HELLO:
+                guest.send(schema.Welcome(self.host.name), peer)
+                continue
+            if msg.type != MsgType.EXIT:
+                self.errors.record("unknown_type", msg.type.value, "guest")
+                guest.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
+                continue
+            entry = self.handle_exit(msg.body)
+            self.enter_guest(guest, peer, entry)
+            if msg.body.reason == "done":
+                log.info("guest vCPU done after %d exits", sum(self.exits.values()))
+                return
+
+    # --- exits --------------------------------------------------------------------------------
+
+    def handle_exit(self, ex: schema.Exit) -> schema.Entry:
+        retired = {k: v for k, v in ex.retired.items()
+                   if k in msr.EVENT_KINDS and type(v) is int and v > 0}
+        self.guest_ns += int(retired.get("cycles", 0) / self.ghz)
+        self.ledger.charge("vmx_transition")
+        self.nmi_blocked = ex.in_nmi
+        reason = "host_pmi" if ex.reason == "budget" else ex.reason
+        self.exits[reason] += 1
+        if self.host.retired(retired):
+            self.sync_clock()
+            self.host.call("account")          # the host PMI that interrupted the guest
+        self.sync_clock()
+        value, gp, values = 0, False, []
+        try:
+            if ex.reason == "rdmsr":
+                value = self.pmu.get_msr(ex.index)
+            elif ex.reason == "wrmsr":
+                self.pmu.set_msr(ex.index, ex.value)
+            elif ex.reason == "rdpmc":
+                value = self.pmu.rdpmc(ex.index)
+            elif ex.reason == "cpuid":
+                values = self.pmu.cpuid(ex.index, ex.value)
+        except GuestFault as fault:
+            gp = True
+            self.pmu.stats["gp_faults"] += 1
+            log.info("#GP injected: %s", fault)
+        return schema.Entry(value, gp, {}, values)
+
+    def sync_clock(self) -> None:
+        self.host.now_ns = self.guest_ns + self.ledger.total(self.params)
+
+    # --- entry ----------------------------------------------------------------------------------
+
+    def enter_guest(self, guest: transport.Channel, peer: bytes, entry: schema.Entry) -> None:
+        """vcpu_enter_guest: service KVM_REQ_PMU, then KVM_REQ_PMI, then inject and enter."""
+        reqs = self.pmu.requests
+        if KVM_REQ_PMU in reqs:
+            reqs.discard(KVM_REQ_PMU)
+            self.timed_handle_event()
+        if KVM_REQ_PMI in reqs:
+            reqs.discard(KVM_REQ_PMI)
+            injection = self.pmu.deliver_pmi()
+            if injection == ("nmi", 2):
+                self.nmi_pending = True
+            elif injection is not None:
+                guest.send(schema.Inject(*injection), peer)
+                self.injected += 1
+        if self.nmi_pending and not self.nmi_blocked:
+            self.nmi_pending = False
+            guest.send(schema.Inject("nmi", 2), peer)
+            self.injected += 1
+        entry.budget = self.host.guest_budget()
+        guest.send(entry, peer)
+
+    def timed_handle_event(self) -> None:
+        before = Ledger(self.ledger)
+        t0 = time.perf_counter_ns()
+        self.ledger.charge("clock_read")       # the timed window holds one clock read
+        self.pmu.handle_event()
+        self.he_measured.append(time.perf_counter_ns() - t0)
+        spent = Ledger(self.ledger)
+        spent.subtract(before)
+        spent = Ledger({k: v for k, v in spent.items() if v})
+        self.he_ledger.update(spent)
+        self.he_modeled.append(spent.total(self.params))
+        self.sync_clock()
+
+    # --- report -----------------------------------------------------------------------------------
+
+    def report(self) -> dict:
+        total_ns = self.guest_ns + self.ledger.total(self.params)
+        calls = len(self.he_modeled)
+        return {
+            "vcpu": self.index, "pcpu": self.pcpu, "failure": self.failure,
+            "handle_event": {"measured_ns": self.he_measured, "modeled_ns": self.he_modeled,
+                             "by_reason": dict(self.pmu.stats["handle_event"]),
+                             "modeled_by_param": {k: v * self.params[k] / calls
+                                                  for k, v in self.he_ledger.items()}
+                             if calls else {}},
+            "reprogram_counter": dict(self.pmu.stats["reprogram_counter"]),
+            "perf_calls": {op: self.host.calls[op] for op in PERF_API_OPS},
+            "overflows": self.pmu.stats["overflows"],
+            "overflows_ignored": self.pmu.stats["overflows_ignored"],
+            "injected": self.injected,
+            "exits": dict(self.exits),
+            "gp_faults": self.pmu.stats["gp_faults"],
+            "modeled_total_ns": total_ns, "modeled_guest_ns": self.guest_ns,
+            "protocol_errors": dict(self.errors.counts),
+        }

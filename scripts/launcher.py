@@ -1,0 +1,308 @@
+"""vpmu-emu's launcher: starts the host, KVM and guest processes, runs each policy, reports.
+
+It owns its children: each runs in its own process group with its log file in the run directory,
+its pid recorded there; shutdown is a ladder (a SHUTDOWN message, SIGTERM to the group, SIGKILL),
+and the exit code says how the run went: 0 complete with no invariant violated, 1 a check or an
+invariant failed, 2 or more an error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket as pysocket
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from common import config, schema, transport  # noqa: E402
+from common.schema import MsgType  # noqa: E402
+from common.topology import preset  # noqa: E402
+
+import report  # noqa: E402
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
+ROLES = ("host", "kvm", "guest")
+
+
+class LaunchError(Exception):
+    """A failure a person must see: which process, what it was doing, the tail of its log."""
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="launch", description="Run the vpmu-emu scenario under each policy and compare.")
+    ap.add_argument("--policy", help="comma-separated policies, or 'all' "
+                    f"({', '.join(config.POLICIES)})")
+    ap.add_argument("--pmis", type=int, help="stop each vCPU after N PMIs handled by the guest")
+    ap.add_argument("--vcpus", type=int, help="vCPUs of the VM")
+    ap.add_argument("--period", type=int, help="sample period of the guest's perf record -c")
+    ap.add_argument("--event", help="event the guest samples (instructions, cycles, ...)")
+    ap.add_argument("--workload", help="guest workload profile: compute, branchy, memory")
+    ap.add_argument("--seed", type=int, help="seed of the guest workloads")
+    ap.add_argument("--host-preset", help="emulated host: skx-4s, bdx-2s, clx-2s, small")
+    ap.add_argument("--watchdog", choices=("on", "off"), help="host NMI watchdog")
+    ap.add_argument("--cost", action="append", default=[], metavar="NAME=NS",
+                    help="override one cost parameter (repeatable)")
+    ap.add_argument("--max-exits", type=int, help="end a vCPU's run after N exits")
+    ap.add_argument("--scenario", help="TOML scenario file (flags override it)")
+    ap.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
+    ap.add_argument("--timeout", type=int, dest="timeout_s",
+                    help="seconds one policy's run may take before it is declared stuck")
+    return ap.parse_args(argv)
+
+
+def resolve_config(args) -> dict:
+    """Defaults, then the scenario file, then flags; refused with file, key and reason."""
+    cfg = config.merge(config.DEFAULTS, {}, "defaults")
+    if args.scenario:
+        cfg = config.merge(cfg, config.load_scenario(args.scenario), args.scenario)
+    flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}}
+    if args.policy:
+        flags["run"]["policies"] = (list(config.POLICIES) if args.policy == "all"
+                                    else [p.strip() for p in args.policy.split(",") if p.strip()])
+    for key, section in (("pmis", "run"), ("seed", "run"), ("max_exits", "run"),
+                         ("transport", "run"), ("timeout_s", "run"), ("vcpus", "vm"),
+                         ("period", "guest"), ("event", "guest"), ("workload", "guest")):
+        if getattr(args, key) is not None:
+            flags[section][key] = getattr(args, key)
+    if args.host_preset:
+        flags["host"]["preset"] = args.host_preset
+    if args.watchdog:
+        flags["host"]["watchdog"] = args.watchdog == "on"
+    for item in args.cost:
+        name, sep, ns = item.partition("=")
+        if not sep or not ns.strip().isdigit():
+            raise config.ConfigError("--cost", item, "expected NAME=NS with NS a whole number")
+        flags["costs"][name.strip()] = int(ns)
+    cfg = config.merge(cfg, {k: v for k, v in flags.items() if v}, "command line")
+    return config.validate(cfg, args.scenario or "command line")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with pysocket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Child:
+    def __init__(self, role: str, name: str, cmd: list[str], log_path: str):
+        self.role, self.name, self.cmd, self.log_path = role, name, cmd, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def describe_end(self) -> str:
+        code = self.proc.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return (f"{self.name} (pid {self.proc.pid}) {how}\n  command: {' '.join(self.cmd)}\n"
+                f"  last lines of {self.log_path}:\n{self.tail()}")
+
+    def signal_group(self, sig: int) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+class Launcher:
+    def __init__(self, cfg: dict, run_dir: str):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.sock_dir = tempfile.mkdtemp(prefix="vpmu-")       # short, private (0700)
+        self.interrupted = False
+        self.ctx = zmq.Context()
+        self.control = transport.Channel(transport.socket(self.ctx, zmq.ROUTER))
+        tcp = cfg["run"]["transport"] == "tcp"
+        self.control_ep = transport.bind(
+            self.control.sock, "tcp://127.0.0.1:*" if tcp else f"ipc://{self.sock_dir}/control")
+        listen = {"host": f"tcp://127.0.0.1:{free_port()}" if tcp else
+                  f"ipc://{self.sock_dir}/host",
+                  "kvm": "tcp://127.0.0.1:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
+        self.children = {}
+        for role, name in (("host", "host"), ("kvm", "kvm-vm0"), ("guest", "guest-vm0")):
+            cmd = [sys.executable, "-m", role, "--run-dir", run_dir, "--control",
+                   self.control_ep, "--name", name, "--exit-with-parent"]
+            if role in listen:
+                cmd += ["--listen", listen[role]]
+            self.children[name] = Child(role, name, cmd, os.path.join(run_dir, f"{name}.log"))
+        self.endpoints: dict[str, dict] = {}
+
+    # --- process lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for child in self.children.values():
+            child.start()
+        with open(os.path.join(self.run_dir, "pids.json"), "w") as f:
+            json.dump({n: c.proc.pid for n, c in self.children.items()}, f)
+        for _ in self.children:
+            name, msg = self.expect(MsgType.HELLO, set(self.children), 20)
+            self.endpoints[name] = msg.body.endpoints
+            self.control.send(schema.Welcome(name), name.encode())
+
+    def expect(self, wanted: MsgType, senders: set[str], timeout_s: float):
+        """The next ``wanted`` message from one of ``senders``, watching every child meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            for child in self.children.values():
+                if not child.alive():
+                    raise LaunchError(f"process died while waiting for {wanted.value}:\n"
+                                      + child.describe_end())
+            if time.monotonic() > deadline:
+                raise LaunchError(f"no {wanted.value} from {', '.join(sorted(senders))} within "
+                                  f"{timeout_s:.0f} s; logs are in {self.run_dir}")
+            try:
+                peer, msg = self.control.recv(0.2)
+            except transport.PeerLost:
+                continue
+            except schema.ProtocolError as exc:
+                print(f"launcher: bad control frame: {exc}", file=sys.stderr)
+                continue
+            name = peer.decode()
+            if msg.type == MsgType.ERROR:
+                raise LaunchError(f"{name} failed: {msg.body.detail}\n"
+                                  + self.children[name].tail())
+            if msg.type == wanted and name in senders:
+                return name, msg
+
+    def configure(self, name: str, run: int, cfg: dict, peers: dict) -> dict:
+        self.control.send(schema.Configure(run, cfg, peers), name.encode())
+        return self.expect(MsgType.READY, {name}, 30)[1].body.endpoints
+
+    def run_policy(self, run: int, policy: str) -> dict:
+        cfg = dict(self.cfg, policy=policy)
+        t0 = time.monotonic()
+        host_eps = self.configure("host", run, cfg, {})
+        kvm_eps = self.configure("kvm-vm0", run, cfg, {"perf": host_eps["perf"]})
+        self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"]})
+        self.control.send(schema.Start(run), b"guest-vm0")
+        _, done = self.expect(MsgType.DONE, {"guest-vm0"}, self.cfg["run"]["timeout_s"])
+        reports = {}
+        for name in ("guest-vm0", "kvm-vm0", "host"):
+            self.control.send(schema.Finish(run), name.encode())
+            reports[name] = self.expect(MsgType.REPORT, {name}, 30)[1].body.stats
+        wall = time.monotonic() - t0
+        return report.build_run(policy, cfg, preset(cfg["host"]["preset"]), reports["host"],
+                                reports["kvm-vm0"], reports["guest-vm0"], wall, done.body.reason)
+
+    def shutdown(self, reason: str) -> dict[str, int]:
+        """The ladder: SHUTDOWN, wait; SIGTERM to each group, wait; SIGKILL; reap."""
+        for name, child in self.children.items():
+            if child.alive():
+                try:
+                    self.control.send(schema.Shutdown(reason), name.encode())
+                except zmq.ZMQError:
+                    pass                     # never said hello: signals will do
+        for sig, wait_s in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 1.0)):
+            if sig is not None:
+                for child in self.children.values():
+                    child.signal_group(sig)
+            deadline = time.monotonic() + wait_s
+            while any(c.alive() for c in self.children.values()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        codes = {}
+        for name, child in self.children.items():
+            if child.proc is not None:
+                child.signal_group(signal.SIGKILL)
+                codes[name] = child.proc.wait()
+        self.control.close()
+        self.ctx.term()
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
+        return codes
+
+
+def write_atomic(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def new_run_dir(out: str | None) -> str:
+    path = out or os.path.join(ROOT, "runs", time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except config.ConfigError as exc:
+        print(f"launch: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    run_dir = new_run_dir(args.out)
+    write_atomic(os.path.join(run_dir, "config.json"), cfg)
+    launcher = Launcher(cfg, run_dir)
+
+    def on_signal(signum, frame):
+        launcher.interrupted = True
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": [], "error": None}
+    code = EXIT_OK
+    print(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
+          f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
+          f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
+          f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}", flush=True)
+    try:
+        launcher.start()
+        for run, policy in enumerate(cfg["run"]["policies"]):
+            print(f"  running policy {policy} ...", flush=True)
+            results["runs"].append(launcher.run_policy(run, policy))
+        results["complete"] = True
+    except KeyboardInterrupt:
+        results["error"] = "interrupted"
+        code = EXIT_INTERRUPTED
+    except (LaunchError, transport.PeerLost) as exc:
+        results["error"] = str(exc)
+        print(f"launch: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    finally:
+        results["exit_codes"] = launcher.shutdown(results["error"] or "run complete")
+        write_atomic(os.path.join(run_dir, "results.json"), results)
+    if results["runs"]:
+        print()
+        print(report.table(results["runs"]))
+    for r in results["runs"]:
+        for v in report.failed_checks(r):
+            print(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
+                  f"{v['counter']}: {v['detail']}")
+    if code == EXIT_OK and any(report.failed_checks(r) for r in results["runs"]):
+        code = EXIT_CHECK_FAILED
+    print(f"\nresults: {os.path.join(run_dir, 'results.json')}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Turning the processes' reports into results.json runs and the side-by-side table."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+ALWAYS_VIOLATION_OK = ("counter_unavailable",)
+
+
+def summary(values: list) -> dict:
+    """mean / p50 / p99 / min of a list of nanoseconds (zeros when empty)."""
+    if not values:
+        return {"mean": 0, "p50": 0, "p99": 0, "min": 0}
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)), "min": float(a.min())}
+
+
+def add_counts(dicts) -> dict:
+    total: collections.Counter = collections.Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(total)
+
+
+def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
+              wall_s: float, reason: str) -> dict:
+    kv, gv = kvm["vcpus"], guest["vcpus"]
+    measured = [x for v in kv for x in v["handle_event"]["measured_ns"]]
+    modeled = [x for v in kv for x in v["handle_event"]["modeled_ns"]]
+    by_reason = add_counts(v["handle_event"]["by_reason"] for v in kv)
+    skipped = sum(n for r, n in by_reason.items() if r.startswith("skipped"))
+    by_cause = add_counts(v["reprogram_counter"] for v in kv)
+    exits = add_counts(v["exits"] for v in kv)
+    violations = [x for v in gv for x in v["invariants"]["violations"]]
+    total_ns = sum(v["modeled_total_ns"] for v in kv)
+    guest_ns = sum(v["modeled_guest_ns"] for v in kv)
+    by_param = collections.Counter()
+    for v in kv:
+        n = len(v["handle_event"]["modeled_ns"])
+        for k, ns in v["handle_event"]["modeled_by_param"].items():
+            by_param[k] += ns * n
+    calls = len(modeled)
+    return {
+        "policy": policy,
+        "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"]},
+        "vms": 1, "vcpus": len(kv),
+        "handle_event": {"calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
+                         "skipped": skipped, "measured_ns": summary(measured),
+                         "modeled_ns": summary(modeled), "by_reason": by_reason,
+                         "modeled_by_param": {k: v / calls for k, v in sorted(by_param.items())}
+                         if calls else {}},
+        "reprogram_counter": {"calls": sum(by_cause.values()),
+                              "by_cause": {"handle_event": 0, "msr_write": 0, **by_cause}},
+        "perf_calls": add_counts(v["perf_calls"] for v in kv),
+        "perf_costs": host["perf_costs"],
+        "pmis": {"overflows": sum(v["overflows"] for v in kv),
+                 "injected": sum(v["injected"] for v in kv),
+                 "handled": sum(v["pmis_handled"] for v in gv)},
+        "samples": sum(v["samples"] for v in gv),
+        "exits": {"total": sum(exits.values()), "by_reason": exits},
+        "gp_faults": sum(v["gp_faults"] for v in kv),
+        "migrations": 0,
+        "invariants": {"checked": sum(v["invariants"]["checked"] for v in gv),
+                       "violations": violations},
+        "host_perf": {k: host[k] for k in ("refcount_crossings", "static_key", "overflows",
+                                           "pinned_errors", "pmc_refcount")},
+        "modeled_guest_ns": guest_ns, "modeled_total_ns": total_ns,
+        "guest_overhead_share": (total_ns - guest_ns) / total_ns if total_ns else 0.0,
+        "stop_reason": reason,
+        "wall_s": round(wall_s, 3),
+    }
+
+
+def failed_checks(run: dict) -> list[dict]:
+    return [v for v in run["invariants"]["violations"] if v["kind"] not in ALWAYS_VIOLATION_OK]
+
+
+def fmt_ns(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:,.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:,.1f} us"
+    return f"{ns:,.0f} ns"
+
+
+def table(runs: list[dict]) -> str:
+    """The side-by-side comparison a run prints."""
+    def he(r, key, stat):
+        return r["handle_event"][key][stat]
+
+    rows = [
+        ("kvm_pmu_handle_event calls", lambda r: f"{r['handle_event']['calls']:,}"),
+        ("  reprogrammed / skipped", lambda r: f"{r['handle_event']['reprogrammed']:,} / "
+                                             f"{r['handle_event']['skipped']:,}"),
+        ("  measured mean", lambda r: fmt_ns(he(r, "measured_ns", "mean"))),
+        ("  measured p50 / p99", lambda r: f"{fmt_ns(he(r, 'measured_ns', 'p50'))} / "
+                                         f"{fmt_ns(he(r, 'measured_ns', 'p99'))}"),
+        ("  modeled mean", lambda r: f"{he(r, 'modeled_ns', 'mean'):,.0f} ns"),
+        ("  modeled p50 / p99", lambda r: f"{fmt_ns(he(r, 'modeled_ns', 'p50'))} / "
+                                        f"{fmt_ns(he(r, 'modeled_ns', 'p99'))}"),
+        ("reprogram_counter calls", lambda r: f"{r['reprogram_counter']['calls']:,}"),
+        ("perf create / release / read", lambda r: "{create:,} / {release:,} / {read:,}".format(
+            **r["perf_calls"])),
+        ("host PMU reservations (0->1)", lambda r: f"{r['host_perf']['refcount_crossings']['reserve']:,}"),
+        ("overflows / PMIs injected / handled", lambda r: "{overflows:,} / {injected:,} / "
+                                                         "{handled:,}".format(**r["pmis"])),
+        ("exits", lambda r: f"{r['exits']['total']:,}"),
+        ("invariants checked / violations", lambda r: f"{r['invariants']['checked']:,} / "
+                                                    f"{len(r['invariants']['violations']):,}"),
+        ("guest time lost to the vPMU", lambda r: f"{100 * r['guest_overhead_share']:.2f} %"),
+        ("stop reason", lambda r: r["stop_reason"]),
+        ("wall time", lambda r: f"{r['wall_s']:.2f} s"),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    cols = [[fn(r) for _, fn in rows] for r in runs]
+    colw = [max(len(r["policy"]), *(len(c) for c in col)) + 2 for r, col in zip(runs, cols)]
+    out = ["".ljust(width) + "".join(r["policy"].rjust(w) for r, w in zip(runs, colw))]
+    for i, (name, _) in enumerate(rows):
+        out.append(name.ljust(width) + "".join(col[i].rjust(w) for col, w in zip(cols, colw)))
+    return "\n".join(out)

@@ -1,0 +1,122 @@
+"""The host perf model: counters, scheduling, overflow, reservation, static key, costs."""
+import pytest
+
+from common import costs
+from common.costs import Ledger
+from common.topology import preset
+from host.perf import MAX_PERIOD, STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
+
+pytestmark = pytest.mark.timeout(10)
+ARGS = {"kind": "instructions", "sample_period": 100, "context": 0}
+
+
+def new_host(name="small", watchdog=False, pinned=0):
+    return HostPerf(preset(name), watchdog, pinned)
+
+
+def test_event_follows_its_task_between_pcpus():
+    host, led = new_host(), Ledger()
+    host.sched_in("t", 2, led)
+    ev = host.create("t", ARGS, led)
+    assert ev.oncpu == 2 and host.pmus[2].fixed[0] is ev      # instructions prefer fixed 0
+    host.sched_out("t", led)
+    assert ev.oncpu == -1 and host.pmus[2].fixed[0] is None
+    host.sched_in("t", 5, led)
+    assert ev.oncpu == 5 and host.stats["sched_in_other_cpu"] == 1
+
+
+def test_contention_puts_a_pinned_event_in_error_until_enabled_again():
+    host, led = new_host(pinned=4), Ledger()            # every GP counter held by the host
+    host.sched_in("t", 0, led)
+    ev = host.create("t", dict(ARGS, kind="branches"), led)
+    assert ev.oncpu == -1 and ev.error and host.stats["pinned_errors"] == 1
+    host.sched_out("t", led)
+    host.sched_in("t", 0, led)
+    assert ev.oncpu == -1                               # not retried at schedule-in
+    assert host.budget("t") == {}
+
+
+def test_watchdog_takes_fixed_counter_1_so_cycles_go_to_a_gp_counter():
+    host, led = new_host(watchdog=True), Ledger()
+    host.sched_in("t", 0, led)
+    ev = host.create("t", dict(ARGS, kind="cycles"), led)
+    assert ev.slot == ("gp", 0)
+
+
+def test_overflow_at_the_exact_event_and_rearm():
+    host, led = new_host(), Ledger()
+    host.sched_in("t", 0, led)
+    ev = host.create("t", ARGS, led)
+    assert host.budget("t") == {"instructions": 100}
+    assert host.account("t", {"instructions": 99}) == []
+    assert host.budget("t") == {"instructions": 1}
+    assert host.account("t", {"instructions": 1}) == [ev]
+    assert ev.count == 100 and host.budget("t") == {"instructions": 100}
+
+
+def test_counting_event_never_calls_back_and_period_is_clamped():
+    host, led = new_host(), Ledger()
+    host.sched_in("t", 0, led)
+    ev = host.create("t", dict(ARGS, sample_period=0), led)
+    assert host.budget("t") == {"instructions": MAX_PERIOD}
+    assert host.account("t", {"instructions": MAX_PERIOD}) == []
+    assert host.stats["overflows"] == 1 and ev.count == MAX_PERIOD
+
+
+def test_refcount_crossing_zero_costs_the_debug_store_on_every_cpu():
+    host, led = new_host("skx-4s"), Ledger()
+    host.sched_in("t", 0, led)
+    ev = host.create("t", ARGS, led)
+    assert host.stats["refcount_crossings"]["reserve"] == 1
+    n = 224
+    assert led["page_alloc"] == 2 * n and led["page_zero"] == 2 * 16 * n
+    assert led["ipi_delivery_cross_socket"] >= 2 * n
+    led2 = Ledger()
+    host.release("t", ev.handle, led2)
+    assert host.pmc_refcount == 0 and led2["page_free"] == 2 * n
+    # with the watchdog's events holding the refcount nothing crosses zero
+    wd, led3 = new_host("skx-4s", watchdog=True), Ledger()
+    wd.sched_in("t", 0, led3)
+    ev = wd.create("t", ARGS, led3)
+    wd.release("t", ev.handle, led3)
+    assert wd.stats["refcount_crossings"] == {"reserve": 0, "release": 0}
+    assert led3["page_alloc"] == 0
+
+
+def test_static_key_disable_is_deferred_by_a_second():
+    host, led = new_host(), Ledger()
+    host.sched_in("t", 0, led)
+    ev = host.create("t", ARGS, led)
+    assert host.stats["static_key"]["enable"] == 1 and led["rcu_grace_period"] == 1
+    host.release("t", ev.handle, led)
+    host.advance_time(STATIC_KEY_DISABLE_DELAY_NS // 2)
+    ev = host.create("t", ARGS, led)                     # within the second: no repatch
+    assert host.key_enabled and host.stats["static_key"]["enable"] == 1
+    assert led["rcu_grace_period"] == 1
+    host.release("t", ev.handle, led)
+    host.advance_time(host.now_ns + STATIC_KEY_DISABLE_DELAY_NS)
+    assert not host.key_enabled and host.stats["static_key"]["disable"] == 1
+    host.create("t", ARGS, led)
+    assert host.stats["static_key"]["enable"] == 2 and led["rcu_grace_period"] == 2
+
+
+def test_calls_on_events_of_another_owner_or_unknown_are_refused():
+    host, led = new_host(), Ledger()
+    host.sched_in("a", 0, led)
+    ev = host.create("a", ARGS, led)
+    with pytest.raises(PerfError):
+        host.release("b", ev.handle, led)
+    with pytest.raises(PerfError):
+        host.read("a", 999, led)
+    with pytest.raises(PerfError):
+        host.period("a", ev.handle, 0, led)
+
+
+def test_cost_totals_are_linear_in_the_parameters():
+    host, led = new_host("skx-4s"), Ledger()
+    host.sched_in("t", 0, led)
+    host.create("t", ARGS, led)
+    base = costs.resolve()
+    bumped = costs.resolve({"cacheline_transfer_cross_socket": base[
+        "cacheline_transfer_cross_socket"] + 10})
+    assert led.total(bumped) - led.total(base) == 10 * led["cacheline_transfer_cross_socket"]
