@@ -18,6 +18,7 @@ from guest.workload import Workload, streams
 
 log = logging.getLogger("guest")
 DONE_EP = "inproc://vcpu-done"
+STOP_JOIN_S = 2.0
 
 
 class GuestVcpu(threading.Thread):
@@ -126,10 +127,11 @@ class Guest:
             self.svc.send(schema.Done(self.run, ",".join(reasons)))
 
     def stop(self) -> None:
+        """Ask each vCPU to stop after its current slice (it then exits 'done' to KVM)."""
         for t in self.threads:
             t.stop.set()
         for t in self.threads:
-            t.join(transport.DEFAULT_TIMEOUT_S)
+            t.join(STOP_JOIN_S)
 
 
 def main(argv=None) -> int:

@@ -59,6 +59,12 @@ def parse_args(argv):
     ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
     ap.add_argument("--timeout", type=int, dest="timeout_s",
                     help="seconds one policy's run may take before it is declared stuck")
+    ap.add_argument("--external", default="", metavar="ROLE[,ROLE]",
+                    help="do not start these processes (host, kvm, guest): print their command "
+                    "lines and wait for them to connect, e.g. from other machines over tcp")
+    ap.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                    help="address the launcher's control socket (and, over tcp, the processes "
+                    "it starts) bind to; use a reachable address with --external")
     return ap.parse_args(argv)
 
 
@@ -130,7 +136,8 @@ class Child:
 
 
 class Launcher:
-    def __init__(self, cfg: dict, run_dir: str):
+    def __init__(self, cfg: dict, run_dir: str, external: tuple[str, ...] = (),
+                 bind_addr: str = "127.0.0.1"):
         self.cfg = cfg
         self.run_dir = run_dir
         self.sock_dir = tempfile.mkdtemp(prefix="vpmu-")       # short, private (0700)
@@ -139,18 +146,24 @@ class Launcher:
         self.control = transport.Channel(transport.socket(self.ctx, zmq.ROUTER))
         tcp = cfg["run"]["transport"] == "tcp"
         self.control_ep = transport.bind(
-            self.control.sock, "tcp://127.0.0.1:*" if tcp else f"ipc://{self.sock_dir}/control")
-        listen = {"host": f"tcp://127.0.0.1:{free_port()}" if tcp else
+            self.control.sock, f"tcp://{bind_addr}:*" if tcp else f"ipc://{self.sock_dir}/control")
+        listen = {"host": f"tcp://{bind_addr}:{free_port(bind_addr)}" if tcp else
                   f"ipc://{self.sock_dir}/host",
-                  "kvm": "tcp://127.0.0.1:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
-        self.children = {}
+                  "kvm": f"tcp://{bind_addr}:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
+        self.children = {}                       # the processes this launcher starts and owns
+        self.external = {}                       # name -> command to run by hand elsewhere
         for role, name in (("host", "host"), ("kvm", "kvm-vm0"), ("guest", "guest-vm0")):
-            cmd = [sys.executable, "-m", role, "--run-dir", run_dir, "--control",
-                   self.control_ep, "--name", name, "--exit-with-parent"]
+            cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name]
             if role in listen:
                 cmd += ["--listen", listen[role]]
-            self.children[name] = Child(role, name, cmd, os.path.join(run_dir, f"{name}.log"))
+            if role in external:
+                self.external[name] = [f"vpmu-{role}", *cmd]
+            else:
+                self.children[name] = Child(role, name, [sys.executable, "-m", role, *cmd,
+                                                         "--exit-with-parent"],
+                                            os.path.join(run_dir, f"{name}.log"))
         self.endpoints: dict[str, dict] = {}
+        self.runs: list[dict] = []
 
     # --- process lifecycle ------------------------------------------------------------------------
 
@@ -159,16 +172,22 @@ class Launcher:
             child.start()
         with open(os.path.join(self.run_dir, "pids.json"), "w") as f:
             json.dump({n: c.proc.pid for n, c in self.children.items()}, f)
-        for _ in self.children:
-            name, msg = self.expect(MsgType.HELLO, set(self.children), 20)
+        for name, cmd in self.external.items():
+            print(f"  waiting for {name}; start it (with its own --listen address where it binds "
+                  f"one) as:\n    {' '.join(cmd)}", flush=True)
+        waiting = set(self.children) | set(self.external)
+        while waiting:
+            name, msg = self.expect(MsgType.HELLO, waiting, 600 if self.external else 20)
+            waiting.discard(name)
             self.endpoints[name] = msg.body.endpoints
             self.control.send(schema.Welcome(name), name.encode())
 
-    def expect(self, wanted: MsgType, senders: set[str], timeout_s: float):
+    def expect(self, wanted: MsgType, senders: set[str], timeout_s: float,
+               interruptible: bool = True):
         """The next ``wanted`` message from one of ``senders``, watching every child meanwhile."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if self.interrupted:
+            if self.interrupted and interruptible:
                 raise KeyboardInterrupt
             for child in self.children.values():
                 if not child.alive():
@@ -195,30 +214,36 @@ class Launcher:
         self.control.send(schema.Configure(run, cfg, peers), name.encode())
         return self.expect(MsgType.READY, {name}, 30)[1].body.endpoints
 
-    def run_policy(self, run: int, policy: str) -> dict:
+    def run_policy(self, run: int, policy: str) -> None:
         cfg = dict(self.cfg, policy=policy)
         t0 = time.monotonic()
         host_eps = self.configure("host", run, cfg, {})
         kvm_eps = self.configure("kvm-vm0", run, cfg, {"perf": host_eps["perf"]})
         self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"]})
         self.control.send(schema.Start(run), b"guest-vm0")
-        _, done = self.expect(MsgType.DONE, {"guest-vm0"}, self.cfg["run"]["timeout_s"])
+        try:
+            reason = self.expect(MsgType.DONE, {"guest-vm0"},
+                                 self.cfg["run"]["timeout_s"])[1].body.reason
+        except KeyboardInterrupt:
+            reason = "interrupted"               # collect what was counted so far
         reports = {}
         for name in ("guest-vm0", "kvm-vm0", "host"):
             self.control.send(schema.Finish(run), name.encode())
-            reports[name] = self.expect(MsgType.REPORT, {name}, 30)[1].body.stats
+            reports[name] = self.expect(MsgType.REPORT, {name}, 10, interruptible=False)[1].body.stats
         wall = time.monotonic() - t0
-        return report.build_run(policy, cfg, preset(cfg["host"]["preset"]), reports["host"],
-                                reports["kvm-vm0"], reports["guest-vm0"], wall, done.body.reason)
+        self.runs.append(report.build_run(policy, cfg, preset(cfg["host"]["preset"]),
+                                          reports["host"], reports["kvm-vm0"],
+                                          reports["guest-vm0"], wall, reason))
+        if reason == "interrupted":
+            raise KeyboardInterrupt
 
     def shutdown(self, reason: str) -> dict[str, int]:
         """The ladder: SHUTDOWN, wait; SIGTERM to each group, wait; SIGKILL; reap."""
-        for name, child in self.children.items():
-            if child.alive():
-                try:
-                    self.control.send(schema.Shutdown(reason), name.encode())
-                except zmq.ZMQError:
-                    pass                     # never said hello: signals will do
+        for name in [*self.external, *(n for n, c in self.children.items() if c.alive())]:
+            try:
+                self.control.send(schema.Shutdown(reason), name.encode())
+            except zmq.ZMQError:
+                pass                         # never said hello: signals will do
         for sig, wait_s in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 1.0)):
             if sig is not None:
                 for child in self.children.values():
@@ -262,14 +287,19 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     run_dir = new_run_dir(args.out)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
-    launcher = Launcher(cfg, run_dir)
+    external = tuple(r.strip() for r in args.external.split(",") if r.strip())
+    if any(r not in ROLES for r in external):
+        print(f"launch: --external takes roles among {', '.join(ROLES)}", file=sys.stderr)
+        return EXIT_ERROR
+    launcher = Launcher(cfg, run_dir, external, args.bind)
 
     def on_signal(signum, frame):
         launcher.interrupted = True
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": [], "error": None}
+    results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
+               "error": None}
     code = EXIT_OK
     print(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
           f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
@@ -279,7 +309,7 @@ def main(argv=None) -> int:
         launcher.start()
         for run, policy in enumerate(cfg["run"]["policies"]):
             print(f"  running policy {policy} ...", flush=True)
-            results["runs"].append(launcher.run_policy(run, policy))
+            launcher.run_policy(run, policy)
         results["complete"] = True
     except KeyboardInterrupt:
         results["error"] = "interrupted"

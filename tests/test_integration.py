@@ -74,3 +74,59 @@ def test_invalid_configuration_is_refused_before_any_process_starts(tmp_path):
     bad.write_text('[host]\npreset = "skx-4s"\nwatchdog = "maybe"\n')
     proc, _, _ = launch(tmp_path, "--scenario", str(bad))
     assert proc.returncode == 2 and "bad.toml" in proc.stderr and "host.watchdog" in proc.stderr
+
+
+def test_sigint_stops_every_process_and_keeps_partial_counts(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import LAUNCHER
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--pmis", "1000000",
+                             "--policy", "oncpu", "--host-preset", "small"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(out, "pids.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 5.0
+    assert proc.returncode == 3
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["complete"] is False and results["error"] == "interrupted"
+    run = results["runs"][0]
+    assert run["stop_reason"] == "interrupted" and run["pmis"]["handled"] > 0
+    assert run["invariants"]["violations"] == []
+    assert_no_process_left(out)
+
+
+def test_a_process_started_by_hand_joins_the_run(tmp_path):
+    import subprocess
+    import sys
+    import time
+    from conftest import LAUNCHER
+    out = str(tmp_path / "run")
+    launcher = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--transport", "tcp",
+                                 "--external", "host", "--pmis", "5", "--host-preset", "small"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = ""
+    while "--control" not in line:
+        line = launcher.stdout.readline()
+        assert line, launcher.stderr.read()
+    argv = line.split()[1:]
+    host = subprocess.Popen([sys.executable, "-m", "host", *argv])
+    try:
+        stdout, stderr = launcher.communicate(timeout=120)
+        assert launcher.returncode == 0, stderr
+        assert host.wait(timeout=10) == 0              # SHUTDOWN reached it too
+    finally:
+        for p in (launcher, host):
+            if p.poll() is None:
+                p.kill()
+                time.sleep(0.1)
+    assert "invariants checked" in stdout
