@@ -35,6 +35,7 @@ class MsgType(str, enum.Enum):
     PERF_CALL = "perf_call"
     PERF_REPLY = "perf_reply"
     OVERFLOW = "overflow"
+    ONCPU = "oncpu"
     # guest vCPU <-> KVM vCPU thread
     EXIT = "exit"
     ENTRY = "entry"
@@ -153,6 +154,15 @@ class Overflow:
 
 
 @dataclasses.dataclass
+class Oncpu:
+    """A change of an event's ``oncpu`` that its owner did not ask for (schedule-in or -out,
+    contention, the error state), pushed ahead of the reply of the call in which it happened."""
+    handle: int
+    oncpu: int
+    error: bool
+
+
+@dataclasses.dataclass
 class Exit:
     """A VM exit. ``retired`` holds the events the guest retired since its last entry."""
     reason: str                    # rdmsr, wrmsr, rdpmc, cpuid, budget, done
@@ -184,7 +194,7 @@ PAYLOADS: dict[MsgType, type] = {
     MsgType.READY: Ready, MsgType.START: Start, MsgType.DONE: Done, MsgType.FINISH: Finish,
     MsgType.REPORT: Report, MsgType.SHUTDOWN: Shutdown, MsgType.HEARTBEAT: Heartbeat,
     MsgType.ERROR: Error, MsgType.PERF_CALL: PerfCall, MsgType.PERF_REPLY: PerfReply,
-    MsgType.OVERFLOW: Overflow, MsgType.EXIT: Exit, MsgType.ENTRY: Entry, MsgType.INJECT: Inject,
+    MsgType.OVERFLOW: Overflow, MsgType.ONCPU: Oncpu, MsgType.EXIT: Exit, MsgType.ENTRY: Entry, MsgType.INJECT: Inject,
 }
 TYPE_OF = {cls: t for t, cls in PAYLOADS.items()}
 

@@ -63,12 +63,22 @@ class HostServer:
             self.chan.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
         ledger = Ledger()
         ok, error, result = True, "", {}
+        before = perf.oncpu(owner)
         try:
             result = perf.call(owner, call.op, call.args, ledger)
         except (PerfError, KeyError, TypeError, ValueError) as exc:
             ok, error = False, f"{call.op}: {exc}"
             log.warning("perf call %s from %s refused: %s", call.op, owner, exc)
+        target = str(call.args.get("handle", result.get("handle", "")))
+        for handle, oncpu in perf.oncpu(owner).items():
+            if handle != target and before.get(handle, oncpu) != oncpu:
+                ev = perf.events[int(handle)]
+                if ev.error:
+                    log.info("event %s of %s in error state: no counter free on pCPU %d",
+                             handle, owner, perf.task(owner).cpu)
+                self.chan.send(schema.Oncpu(int(handle), oncpu, ev.error), peer)
         cost = ledger.total(self.params)
+        perf.charge_cpu(owner, cost)
         tally = self.op_costs[call.op]
         tally[0] += 1
         tally[1] += cost
@@ -81,6 +91,7 @@ class HostServer:
                 "perf_costs": {op: {"calls": n, "mean_ns": total / n}
                                for op, (n, total) in sorted(self.op_costs.items()) if n},
                 "pmc_refcount": perf.pmc_refcount, **perf.stats,
+                "pcpu_modeled_ns": {str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
                 "protocol_errors": dict(self.errors.counts)}
 
 

@@ -80,6 +80,7 @@ class HostPerf:
         self.key_enabled = False
         self.key_disable_at: int | None = None
         self.now_ns = 0
+        self.pcpu_clock: dict[int, int] = {}     # modeled ns each used pCPU spent: guest + host
         per_socket = topo.cores * topo.threads
         self._same_socket_others = per_socket - 1
         self._cross_socket = topo.ncpus - per_socket
@@ -288,12 +289,19 @@ class HostPerf:
 
     # --- counting, overflow, budget --------------------------------------------------------------
 
+    def charge_cpu(self, name: str, ns: int) -> None:
+        """Advance the modeled clock of the pCPU the task runs on."""
+        cpu = self.task(name).cpu
+        if cpu != -1:
+            self.pcpu_clock[cpu] = self.pcpu_clock.get(cpu, 0) + ns
+
     def account(self, name: str, retired: dict, cpl: int = 3) -> list[PerfEvent]:
         """Count what the guest retired on the task's pCPU; return the events that overflowed
         and whose owner must be called back, in counter order."""
         task = self.task(name)
         overflowed = []
         cycles = retired.get("cycles", 0)
+        self.charge_cpu(name, int(cycles / self.topo.ghz))
         for ev in task.events:
             if ev.enabled:
                 ev.time_enabled += cycles

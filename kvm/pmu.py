@@ -166,6 +166,12 @@ class KvmPmu:
             self.requests.add(KVM_REQ_PMI)
         self.requests.add(KVM_REQ_PMU)
 
+    def event_moved(self, handle: int, oncpu: int) -> None:
+        """The host says a backing event's ``oncpu`` changed: keep the mirror exact."""
+        for pmc in self.pmcs():
+            if pmc.perf_event == handle:
+                pmc.oncpu = oncpu
+
     def handle_event(self) -> None:
         """kvm_pmu_handle_event: the policy decides what each pending bit costs."""
         self.ledger.charge("kvm_pmu_handle_event_call")

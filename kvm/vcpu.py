@@ -57,6 +57,9 @@ class HostLink:
             if msg.type == MsgType.OVERFLOW:
                 self.pmu.perf_overflow(msg.body.context)
                 continue
+            if msg.type == MsgType.ONCPU:
+                self.pmu.event_moved(msg.body.handle, msg.body.oncpu)
+                continue
             if msg.type == MsgType.PERF_REPLY and msg.body.id == call_id:
                 return self._take_reply(msg.body)
             self.errors.record("unknown_type", f"{msg.type.value} while waiting for call "

@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from common import config, schema, transport  # noqa: E402
+from common import config, costs, schema, transport  # noqa: E402
 from common.schema import MsgType  # noqa: E402
 from common.topology import preset  # noqa: E402
 
@@ -59,6 +59,9 @@ def parse_args(argv):
     ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
     ap.add_argument("--timeout", type=int, dest="timeout_s",
                     help="seconds one policy's run may take before it is declared stuck")
+    ap.add_argument("--explain-costs", action="store_true",
+                    help="print the cost parameters, run (5 PMIs unless --pmis says otherwise) "
+                    "and show which mechanisms each policy's kvm_pmu_handle_event time came from")
     ap.add_argument("--external", default="", metavar="ROLE[,ROLE]",
                     help="do not start these processes (host, kvm, guest): print their command "
                     "lines and wait for them to connect, e.g. from other machines over tcp")
@@ -280,11 +283,15 @@ def new_run_dir(out: str | None) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.explain_costs and args.pmis is None:
+        args.pmis = 5
     try:
         cfg = resolve_config(args)
     except config.ConfigError as exc:
         print(f"launch: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if args.explain_costs:
+        print(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
     run_dir = new_run_dir(args.out)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
     external = tuple(r.strip() for r in args.external.split(",") if r.strip())
@@ -328,6 +335,9 @@ def main(argv=None) -> int:
         for v in report.failed_checks(r):
             print(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
                   f"{v['counter']}: {v['detail']}")
+    if args.explain_costs:
+        for r in results["runs"]:
+            print("\n" + report.breakdown(r))
     if code == EXIT_OK and any(report.failed_checks(r) for r in results["runs"]):
         code = EXIT_CHECK_FAILED
     print(f"\nresults: {os.path.join(run_dir, 'results.json')}")

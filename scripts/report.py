@@ -77,6 +77,30 @@ def failed_checks(run: dict) -> list[dict]:
     return [v for v in run["invariants"]["violations"] if v["kind"] not in ALWAYS_VIOLATION_OK]
 
 
+def cost_table(values: dict[str, int]) -> str:
+    """The cost parameters of the run, with their reasons."""
+    from common.costs import PARAMS
+    width = max(map(len, PARAMS))
+    lines = ["cost parameters (ns; override with --cost NAME=NS or a [costs] table):"]
+    for name, p in PARAMS.items():
+        mark = "" if values[name] == p.ns else f"  (default {p.ns:,})"
+        lines.append(f"  {name.ljust(width)} {values[name]:>12,}{mark}\n"
+                     f"  {''.ljust(width)} {'':>12} {p.reason}")
+    return "\n".join(lines)
+
+
+def breakdown(run: dict) -> str:
+    """Where one kvm_pmu_handle_event's modeled time came from, mechanism by mechanism."""
+    by_param = run["handle_event"]["modeled_by_param"]
+    total = sum(by_param.values())
+    if not total:
+        return f"[{run['policy']}] no kvm_pmu_handle_event call to explain"
+    lines = [f"[{run['policy']}] one kvm_pmu_handle_event: {total:,.0f} ns modeled"]
+    for name, ns in sorted(by_param.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {name:34} {ns:>16,.0f} ns  {100 * ns / total:6.2f} %")
+    return "\n".join(lines)
+
+
 def fmt_ns(ns: float) -> str:
     if ns >= 1e6:
         return f"{ns / 1e6:,.2f} ms"
