@@ -6,6 +6,7 @@ directory so that a run can be repeated, and sends each process the part it need
 from __future__ import annotations
 
 import copy
+import os
 import tomllib
 
 from common import costs, msr
@@ -19,12 +20,12 @@ DEFAULTS: dict = {
     "run": {"policies": ["always", "oncpu"], "pmis": 200, "seed": 1, "transport": "ipc",
             "max_exits": 1_000_000, "timeout_s": 300},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0},
-    "vm": {"vcpus": 1, "pin": []},
+    "vm": {"vcpus": 1, "pin": [], "timeslice_ms": 4},
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000},
     "costs": {},
 }
 
-POLICIES = ("always", "oncpu")
+POLICIES = ("always", "oncpu", "reuse", "deferred")
 WORKLOADS = ("compute", "branchy", "memory")
 TRANSPORTS = ("ipc", "tcp")
 
@@ -77,8 +78,11 @@ def validate(cfg: dict, where: str) -> dict:
     _check(isinstance(run["policies"], list) and run["policies"], where, "run.policies",
            "must be a non-empty list")
     for p in run["policies"]:
+        if isinstance(p, str) and p.endswith(".py"):
+            _check(os.path.isfile(p), where, "run.policies", f"policy file {p!r} not found")
+            continue
         _check(p in POLICIES, where, "run.policies", f"unknown policy {p!r}; known: "
-               + ", ".join(POLICIES))
+               + ", ".join(POLICIES) + ", or a policy file ending in .py")
     _int(run["pmis"], where, "run.pmis", 1)
     _int(run["seed"], where, "run.seed", 0)
     _int(run["max_exits"], where, "run.max_exits", 1)
@@ -91,6 +95,7 @@ def validate(cfg: dict, where: str) -> dict:
     _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
     _int(vm["vcpus"], where, "vm.vcpus", 1, topo.ncpus)
     _check(isinstance(vm["pin"], list), where, "vm.pin", "must be a list of pCPUs")
+    _int(vm["timeslice_ms"], where, "vm.timeslice_ms", 1)
     for cpu in vm["pin"]:
         _int(cpu, where, "vm.pin", 0, topo.ncpus - 1)
     _check(guest["workload"] in WORKLOADS, where, "guest.workload",

@@ -37,6 +37,9 @@ PARAMS: dict[str, Param] = {
                         "contains one clock read"),
     "kvm_pmc_attr_setup": Param(60, "pmc_reprogram_counter building its perf_event_attr "
                                 "(~150 cycles)"),
+    "entry_retry": Param(400, "a cancelled VM entry: vcpu_enter_guest sees a request raised after "
+                         "its checks (4.20's KVM_REQ_NMI from PMI delivery), cancels the "
+                         "injection and loops (~1,000 cycles)"),
     "lapic_deliver_pmi": Param(250, "kvm_apic_local_deliver(LVTPC): read LVT, build the IRQ, "
                                "kvm_apic_set_irq / NMI request (~600 cycles)"),
     # --- perf core --------------------------------------------------------------------------------

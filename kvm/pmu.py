@@ -22,6 +22,10 @@ class GuestFault(Exception):
     instruction."""
 
 
+class PerfCallRefused(Exception):
+    """The host refused a perf call (an -EINVAL from perf_event_period, say)."""
+
+
 class PerfApi(Protocol):
     """The host perf calls a vCPU thread can make (a message round trip in the real run)."""
 
@@ -139,9 +143,9 @@ class KvmPmu:
         return (msr.evtsel_kind(pmc.eventsel), bool(pmc.eventsel & msr.EVTSEL_USR),
                 bool(pmc.eventsel & msr.EVTSEL_OS))
 
-    def reprogram(self, pmc: KvmPmc, cause: str) -> None:
+    def reprogram(self, pmc: KvmPmc, cause: str) -> str:
         self.stats["reprogram_counter"][cause] += 1
-        self.policy.reprogram_counter(self, pmc)
+        return self.policy.reprogram_counter(self, pmc)
 
     def request_reprogram(self, pmc: KvmPmc, cause: str) -> None:
         """A guest change of the counter's configuration: the policy reprograms now or marks it."""

@@ -17,7 +17,7 @@ import zmq
 from common import costs, logsetup, msr, schema, transport
 from common.costs import Ledger
 from common.schema import MsgType
-from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu
+from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu, PerfCallRefused
 
 log = logging.getLogger("kvm")
 
@@ -73,7 +73,7 @@ class HostLink:
             if pmc.perf_event is not None:
                 pmc.oncpu = reply.oncpu.get(str(pmc.perf_event), -1)
         if not reply.ok:
-            raise RuntimeError(f"host refused {reply.result}: {reply.error}")
+            raise PerfCallRefused(reply.error)
         return reply.result
 
     def retired(self, events: dict) -> bool:
@@ -81,8 +81,11 @@ class HostLink:
         self.pending.update(events)
         return any(self.pending[k] >= left for k, left in self.budget.items())
 
-    def guest_budget(self) -> dict:
-        return {k: max(left - self.pending[k], 0) for k, left in self.budget.items()}
+    def guest_budget(self, cycles_to_tick: int) -> dict:
+        """What the guest may retire before a host counter overflows or the time slice ends."""
+        out = {k: max(left - self.pending[k], 0) for k, left in self.budget.items()}
+        out["cycles"] = min(out.get("cycles", cycles_to_tick), cycles_to_tick)
+        return out
 
 
 class VcpuThread(threading.Thread):
@@ -98,6 +101,13 @@ class VcpuThread(threading.Thread):
         self.failure: str | None = None
         self.params = costs.resolve(cfg["costs"])
         self.ghz = cfg["ghz"]
+        self.slice_ns = cfg["vm"]["timeslice_ms"] * 1_000_000
+        self.next_tick = self.slice_ns
+        self.nmi_started: tuple[int, int] | None = None   # (wall ns, modeled ns) at injection
+        self.nmi_last: tuple[int, int] | None = None
+        self.nmi_measured: list[int] = []
+        self.nmi_modeled: list[int] = []
+        self.stats = collections.Counter()
         self.ledger = Ledger()
         self.guest_ns = 0
         self.nmi_pending = False
@@ -175,13 +185,19 @@ class VcpuThread(threading.Thread):
                    if k in msr.EVENT_KINDS and type(v) is int and v > 0}
         self.guest_ns += int(retired.get("cycles", 0) / self.ghz)
         self.ledger.charge("vmx_transition")
+        self.nmi_handler_progress(ex.in_nmi)
         self.nmi_blocked = ex.in_nmi
-        reason = "host_pmi" if ex.reason == "budget" else ex.reason
-        self.exits[reason] += 1
+        reason = ex.reason
         if self.host.retired(retired):
             self.sync_clock()
             self.host.call("account")          # the host PMI that interrupted the guest
+            reason = "host_pmi" if ex.reason == "budget" else reason
+        elif ex.reason == "budget":
+            reason = "host_timer"              # the time slice ended
+        self.exits[reason] += 1
         self.sync_clock()
+        if self.host.now_ns >= self.next_tick:
+            self.preempt()
         value, gp, values = 0, False, []
         try:
             if ex.reason == "rdmsr":
@@ -201,6 +217,29 @@ class VcpuThread(threading.Thread):
     def sync_clock(self) -> None:
         self.host.now_ns = self.guest_ns + self.ledger.total(self.params)
 
+    def preempt(self) -> None:
+        """The time slice is over: at this preemption point the host schedules the vCPU task
+        out and back in on its pCPU, and KVM's sched-in hook runs."""
+        self.host.call("sched_out")
+        self.host.call("sched_in", cpu=self.pcpu)
+        self.policy.sched_in(self.pmu)
+        self.stats["timeslices"] += 1
+        self.sync_clock()
+        while self.next_tick <= self.host.now_ns:
+            self.next_tick += self.slice_ns
+
+    def nmi_handler_progress(self, in_nmi: bool) -> None:
+        """Time the guest's NMI handler from the PMI's injection to its last exit."""
+        if self.nmi_started is None:
+            return
+        if in_nmi:
+            self.nmi_last = (time.perf_counter_ns(), self.host.now_ns)
+            return
+        end = self.nmi_last or self.nmi_started
+        self.nmi_measured.append(end[0] - self.nmi_started[0])
+        self.nmi_modeled.append(end[1] - self.nmi_started[1])
+        self.nmi_started = self.nmi_last = None
+
     # --- entry ----------------------------------------------------------------------------------
 
     def enter_guest(self, guest: transport.Channel, peer: bytes, entry: schema.Entry) -> None:
@@ -214,6 +253,9 @@ class VcpuThread(threading.Thread):
             injection = self.pmu.deliver_pmi()
             if injection == ("nmi", 2):
                 self.nmi_pending = True
+                if self.policy.nmi_entry_retry:
+                    self.ledger.charge("entry_retry")
+                    self.stats["entry_retries"] += 1
             elif injection is not None:
                 guest.send(schema.Inject(*injection), peer)
                 self.injected += 1
@@ -221,7 +263,12 @@ class VcpuThread(threading.Thread):
             self.nmi_pending = False
             guest.send(schema.Inject("nmi", 2), peer)
             self.injected += 1
-        entry.budget = self.host.guest_budget()
+            self.sync_clock()
+            self.nmi_started = (time.perf_counter_ns(), self.host.now_ns)
+        entry.nmi_window = self.nmi_pending and self.nmi_blocked
+        self.sync_clock()
+        ticks = int((self.next_tick - self.host.now_ns) * self.ghz)
+        entry.budget = self.host.guest_budget(max(ticks, 1))
         guest.send(entry, peer)
 
     def timed_handle_event(self) -> None:
@@ -254,6 +301,10 @@ class VcpuThread(threading.Thread):
             "overflows": self.pmu.stats["overflows"],
             "overflows_ignored": self.pmu.stats["overflows_ignored"],
             "injected": self.injected,
+            "policy": self.policy.name,
+            "timeslices": self.stats["timeslices"],
+            "entry_retries": self.stats["entry_retries"],
+            "nmi_handler": {"measured_ns": self.nmi_measured, "modeled_ns": self.nmi_modeled},
             "exits": dict(self.exits),
             "gp_faults": self.pmu.stats["gp_faults"],
             "modeled_total_ns": total_ns, "modeled_guest_ns": self.guest_ns,

@@ -42,9 +42,11 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(
         prog="launch", description="Run the vpmu-emu scenario under each policy and compare.")
     ap.add_argument("--policy", help="comma-separated policies, or 'all' "
-                    f"({', '.join(config.POLICIES)})")
+                    f"({', '.join(config.POLICIES)}); a path ending in .py loads a policy file")
     ap.add_argument("--pmis", type=int, help="stop each vCPU after N PMIs handled by the guest")
     ap.add_argument("--vcpus", type=int, help="vCPUs of the VM")
+    ap.add_argument("--timeslice-ms", type=int,
+                    help="modeled time slice after which a vCPU task is scheduled out and in")
     ap.add_argument("--period", type=int, help="sample period of the guest's perf record -c")
     ap.add_argument("--event", help="event the guest samples (instructions, cycles, ...)")
     ap.add_argument("--workload", help="guest workload profile: compute, branchy, memory")
@@ -81,7 +83,7 @@ def resolve_config(args) -> dict:
         flags["run"]["policies"] = (list(config.POLICIES) if args.policy == "all"
                                     else [p.strip() for p in args.policy.split(",") if p.strip()])
     for key, section in (("pmis", "run"), ("seed", "run"), ("max_exits", "run"),
-                         ("transport", "run"), ("timeout_s", "run"), ("vcpus", "vm"),
+                         ("transport", "run"), ("timeout_s", "run"), ("vcpus", "vm"), ("timeslice_ms", "vm"),
                          ("period", "guest"), ("event", "guest"), ("workload", "guest")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)

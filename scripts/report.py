@@ -42,8 +42,10 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
         for k, ns in v["handle_event"]["modeled_by_param"].items():
             by_param[k] += ns * n
     calls = len(modeled)
+    nmi_measured = [x for v in kv for x in v["nmi_handler"]["measured_ns"]]
+    nmi_modeled = [x for v in kv for x in v["nmi_handler"]["modeled_ns"]]
     return {
-        "policy": policy,
+        "policy": kv[0]["policy"] if kv else policy,
         "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"]},
         "vms": 1, "vcpus": len(kv),
         "handle_event": {"calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
@@ -59,6 +61,11 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
                  "injected": sum(v["injected"] for v in kv),
                  "handled": sum(v["pmis_handled"] for v in gv)},
         "samples": sum(v["samples"] for v in gv),
+        "guest_event_count": sum(v["event_count"] for v in gv),
+        "guest_nmi_handler": {"measured_ns": summary(nmi_measured),
+                              "modeled_ns": summary(nmi_modeled)},
+        "timeslices": sum(v["timeslices"] for v in kv),
+        "entry_retries": sum(v["entry_retries"] for v in kv),
         "exits": {"total": sum(exits.values()), "by_reason": exits},
         "gp_faults": sum(v["gp_faults"] for v in kv),
         "migrations": 0,
@@ -124,8 +131,12 @@ def table(runs: list[dict]) -> str:
         ("  modeled mean", lambda r: f"{he(r, 'modeled_ns', 'mean'):,.0f} ns"),
         ("  modeled p50 / p99", lambda r: f"{fmt_ns(he(r, 'modeled_ns', 'p50'))} / "
                                         f"{fmt_ns(he(r, 'modeled_ns', 'p99'))}"),
+        ("guest NMI handler modeled mean", lambda r: fmt_ns(
+            r["guest_nmi_handler"]["modeled_ns"]["mean"])),
         ("reprogram_counter calls", lambda r: f"{r['reprogram_counter']['calls']:,}"),
         ("perf create / release / read", lambda r: "{create:,} / {release:,} / {read:,}".format(
+            **r["perf_calls"])),
+        ("perf pause / period / enable", lambda r: "{pause:,} / {period:,} / {enable:,}".format(
             **r["perf_calls"])),
         ("host PMU reservations (0->1)", lambda r: f"{r['host_perf']['refcount_crossings']['reserve']:,}"),
         ("overflows / PMIs injected / handled", lambda r: "{overflows:,} / {injected:,} / "

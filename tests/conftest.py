@@ -10,9 +10,9 @@ import pytest
 
 from common.costs import Ledger
 from common.topology import preset
-from host.perf import HostPerf
+from host.perf import HostPerf, PerfError
 from kvm import policies
-from kvm.pmu import KvmPmu
+from kvm.pmu import KvmPmu, PerfCallRefused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "scripts", "launcher.py")
@@ -29,7 +29,10 @@ class LocalPerf:
 
     def call(self, op: str, **args) -> dict:
         self.calls.append(op)
-        return self.host.call(self.owner, op, args, self.ledger)
+        try:
+            return self.host.call(self.owner, op, args, self.ledger)
+        except PerfError as exc:
+            raise PerfCallRefused(str(exc)) from None
 
     def retire(self, **events) -> None:
         """The guest retires events: the host counts them and calls KVM back on overflow."""

@@ -9,11 +9,13 @@ import importlib
 import importlib.util
 import os
 
-BUILTIN = ("always", "oncpu")
+BUILTIN = ("always", "oncpu", "reuse", "deferred")
 
 
 def load(name: str):
-    """An instance of the built-in policy ``name``."""
+    """An instance of the built-in policy ``name``, or of the one defined in a .py file."""
+    if name.endswith(".py"):
+        return load_file(name)
     if name not in BUILTIN:
         raise ValueError(f"unknown policy {name!r}; built in: {', '.join(BUILTIN)}")
     return importlib.import_module(f"kvm.policies.{name}").POLICY()

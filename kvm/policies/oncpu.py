@@ -12,11 +12,11 @@ from kvm.policies.always import Always
 class OnCpu(Always):
     name = "oncpu"
 
-    def decide(self, pmu, pmc) -> str:
+    def decide(self, pmu, pmc) -> tuple[bool, str | None]:
         pmu.ledger.charge("cacheline_read_local", 2)          # event->oncpu, vcpu->cpu
         if pmc.oncpu == pmu.cpu:
-            return "skipped_active_here"
-        return "reprogrammed_inactive" if pmc.oncpu == -1 else "reprogrammed_elsewhere"
+            return True, "skipped_active_here"
+        return False, "reprogrammed_inactive" if pmc.oncpu == -1 else "reprogrammed_elsewhere"
 
 
 POLICY = OnCpu
