@@ -18,9 +18,11 @@ from common.topology import PRESETS
 # time between PMIs.
 DEFAULTS: dict = {
     "run": {"policies": ["always", "oncpu"], "pmis": 200, "seed": 1, "transport": "ipc",
-            "max_exits": 1_000_000, "timeout_s": 300},
-    "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0},
-    "vm": {"vcpus": 1, "pin": [], "timeslice_ms": 4},
+            "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300},
+    "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],
+             "event_binding": "task"},
+    "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
+           "migrate": "none", "migrations": []},
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000},
     "costs": {},
 }
@@ -28,6 +30,8 @@ DEFAULTS: dict = {
 POLICIES = ("always", "oncpu", "reuse", "deferred")
 WORKLOADS = ("compute", "branchy", "memory")
 TRANSPORTS = ("ipc", "tcp")
+PIN_RULES = ("compact", "spread")
+MIGRATE_KINDS = ("none", "every", "random", "window", "to-busy")
 
 
 class ConfigError(ValueError):
@@ -93,11 +97,42 @@ def validate(cfg: dict, where: str) -> dict:
     _check(type(host["watchdog"]) is bool, where, "host.watchdog", "must be true or false")
     topo = PRESETS[host["preset"]]
     _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
+    _int(run["max_modeled_ms"], where, "run.max_modeled_ms", 1)
     _int(vm["vcpus"], where, "vm.vcpus", 1, topo.ncpus)
-    _check(isinstance(vm["pin"], list), where, "vm.pin", "must be a list of pCPUs")
     _int(vm["timeslice_ms"], where, "vm.timeslice_ms", 1)
-    for cpu in vm["pin"]:
-        _int(cpu, where, "vm.pin", 0, topo.ncpus - 1)
+    _check(type(vm["real_affinity"]) is bool, where, "vm.real_affinity", "must be true or false")
+    if isinstance(vm["pin"], list):
+        _check(len(vm["pin"]) == vm["vcpus"], where, "vm.pin",
+               f"names {len(vm['pin'])} pCPUs for {vm['vcpus']} vCPUs")
+        for cpu in vm["pin"]:
+            _int(cpu, where, "vm.pin", 0, topo.ncpus - 1)
+    else:
+        _check(vm["pin"] in PIN_RULES, where, "vm.pin",
+               f"must be a list of pCPUs or one of {', '.join(PIN_RULES)}")
+    _check(host["event_binding"] in ("task", "cpu"), where, "host.event_binding",
+           "must be task or cpu")
+    _check(isinstance(host["busy_pcpus"], list), where, "host.busy_pcpus", "must be a list")
+    for cpu in host["busy_pcpus"]:
+        _int(cpu, where, "host.busy_pcpus", 0, topo.ncpus - 1)
+    kind, _, arg = str(vm["migrate"]).partition(":")
+    _check(kind in MIGRATE_KINDS, where, "vm.migrate",
+           f"unknown kind {kind!r}; known: none, every:N, random:RATE, window, to-busy:K")
+    if kind in ("every", "to-busy"):
+        _check(arg.isdigit() and int(arg) >= 1, where, "vm.migrate", f"{kind} needs :N >= 1")
+    if kind == "random":
+        try:
+            _check(float(arg) > 0, where, "vm.migrate", "random needs :RATE > 0 per second")
+        except ValueError:
+            raise ConfigError(where, "vm.migrate", "random needs :RATE per second") from None
+    if kind == "to-busy" and not host["busy_pcpus"]:
+        host["busy_pcpus"] = [topo.ncpus - 1]     # the last pCPU, all its counters held
+    _check(isinstance(vm["migrations"], list), where, "vm.migrations", "must be a list of tables")
+    for m in vm["migrations"]:
+        _check(isinstance(m, dict) and set(m) == {"vcpu", "exit", "to"}, where, "vm.migrations",
+               "each entry is {vcpu = N, exit = N, to = PCPU}")
+        _int(m["vcpu"], where, "vm.migrations.vcpu", 0, vm["vcpus"] - 1)
+        _int(m["exit"], where, "vm.migrations.exit", 1)
+        _int(m["to"], where, "vm.migrations.to", 0, topo.ncpus - 1)
     _check(guest["workload"] in WORKLOADS, where, "guest.workload",
            f"unknown workload; known: {', '.join(WORKLOADS)}")
     _check(guest["event"] in msr.ARCH_EVENTS.values(), where, "guest.event",
@@ -111,7 +146,12 @@ def validate(cfg: dict, where: str) -> dict:
 
 
 def vcpu_pins(cfg: dict) -> list[int]:
-    """The pCPU of each vCPU: the scenario's ``pin`` list, else one vCPU per core from pCPU 0."""
-    pins = list(cfg["vm"]["pin"])
-    n = cfg["vm"]["vcpus"]
-    return (pins + list(range(len(pins), n)))[:n] if len(pins) < n else pins[:n]
+    """The pCPU of each vCPU: the scenario's list, ``compact`` (pCPUs 0, 1, 2, ...) or ``spread``
+    (round robin over the sockets: vCPU i on socket i mod S)."""
+    pin, n = cfg["vm"]["pin"], cfg["vm"]["vcpus"]
+    if isinstance(pin, list):
+        return list(pin)
+    if pin == "compact":
+        return list(range(n))
+    topo = PRESETS[cfg["host"]["preset"]]
+    return [((i % topo.sockets) * topo.cores + i // topo.sockets) % topo.ncpus for i in range(n)]

@@ -180,6 +180,7 @@ class Entry:
     budget: dict
     values: list = dataclasses.field(default_factory=list)   # CPUID: eax, ebx, ecx, edx
     nmi_window: bool = False       # an NMI waits for the guest's IRET: exit when NMIs unblock
+    stop: str = ""                 # the run's budget is spent: the guest must stop (the reason)
 
 
 @dataclasses.dataclass

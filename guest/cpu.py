@@ -37,6 +37,7 @@ class GuestCpu:
         self.exits: collections.Counter = collections.Counter()
         self.gp_faults = 0
         self.checks: list[dict] = []
+        self.stop_reason = ""
 
     # --- the exit itself ------------------------------------------------------------------------
 
@@ -56,6 +57,7 @@ class GuestCpu:
             elif msg.type == MsgType.ERROR:
                 raise RuntimeError(f"KVM refused the exit: {msg.body.kind}: {msg.body.detail}")
         entry = msg.body
+        self.stop_reason = self.stop_reason or entry.stop
         self.budget = dict(entry.budget)
         self.nmi_window = entry.nmi_window
         if entry.gp:
@@ -147,6 +149,13 @@ class GuestCpu:
     def on_pmi(self, handler) -> None:
         self.pmi_handler = handler
 
+    def request_migration(self, pcpu: int, at: str = "now") -> None:
+        """Test facility: ask the host to move this vCPU's thread to ``pcpu`` before the next
+        entry, or between the next overflow and the entry after it."""
+        if at not in ("now", "next-overflow"):
+            raise ValueError("at must be 'now' or 'next-overflow'")
+        self._exit("hypercall", pcpu, int(at == "next-overflow"))
+
     def check(self, condition, name: str, detail: str = "") -> bool:
         self.checks.append({"name": name, "passed": bool(condition), "detail": detail})
         return bool(condition)
@@ -176,6 +185,8 @@ class GuestCpu:
             self.oracle.retire(part)
             if any(self.budget[k] <= 0 for k in self.budget):
                 self._exit("budget")
+                if self.stop_reason:
+                    return
 
     def _fit(self, chunk: dict[str, int]) -> dict[str, int]:
         """The largest leading share of ``chunk`` that spends no budget beyond zero."""

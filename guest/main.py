@@ -70,6 +70,9 @@ class GuestVcpu(threading.Thread):
         driver.start()
         reason = "pmis"
         while driver.handled < run["pmis"]:
+            if cpu.stop_reason:
+                reason = cpu.stop_reason
+                break
             if cpu.exits_total() >= run["max_exits"]:
                 reason = "max_exits"
                 break
@@ -77,6 +80,7 @@ class GuestVcpu(threading.Thread):
                 reason = "stopped"
                 break
             cpu.retire_events(workload.next_slice())
+        driver.update()                          # perf reads the counter when the event stops
         oracle.finish()
         cpu._exit("done")
         log.info("vCPU done (%s): %d PMIs handled, %d samples, %d exits, %d violations",

@@ -86,15 +86,22 @@ class Oracle:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def violate(self, kind: str, counter: int | None, detail: str) -> None:
+    def violate(self, kind: str, counter: int | None, detail: str, **extra) -> None:
         self.violations.append({"kind": kind, "vcpu": self.vcpu, "counter": counter,
-                                "detail": detail})
+                                "detail": detail, **extra})
 
     def check_counter(self, idx: int, seen: int) -> None:
+        """A value the guest read must be what it retired while the counter was enabled. After a
+        mismatch the oracle follows the counter, so that one loss is reported once."""
         self.checked += 1
         want = self.value[idx]
         if seen != want:
-            self.violate("count_mismatch", idx, f"read {seen}, retired-while-enabled says {want}")
+            deficit = (want - seen) & msr.COUNTER_MASK
+            if deficit > msr.COUNTER_MASK // 2:
+                deficit -= msr.COUNTER_MASK + 1           # the counter is ahead: negative
+            self.violate("count_mismatch", idx, f"read {seen}, retired-while-enabled says {want}",
+                         deficit=deficit)
+            self.value[idx] = seen
 
     def check_status(self, seen: int) -> None:
         self.checked += 1

@@ -27,7 +27,9 @@ class HostServer:
     def configure(self, cfg: dict) -> None:
         host = cfg["host"]
         self.topo = preset(host["preset"])
-        self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"])
+        self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"],
+                             tuple(host["busy_pcpus"]), host["event_binding"])
+        self.waiting: dict[int, list] = collections.defaultdict(list)   # pCPU run queues
         self.params = costs.resolve(cfg["costs"])
         self.op_costs: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         self.chan.seq = schema.SeqCounter()
@@ -62,6 +64,29 @@ class HostServer:
         for ev in perf.account(owner, call.retired):
             self.chan.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
         ledger = Ledger()
+        cpu = call.args.get("cpu")
+        if call.op in ("sched_in", "migrate") and type(cpu) is int and \
+                0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
+            if perf.task(owner).cpu != -1:
+                perf.sched_out(owner, ledger)         # off the old pCPU while it waits
+            log.debug("%s waits for pCPU %d, which runs %s", owner, cpu, perf.current[cpu])
+            perf.stats["run_queue_waits"] += 1
+            self.waiting[cpu].append((peer, call, ledger))
+        else:
+            self.complete(peer, call, ledger)
+        self.wake_waiters()
+
+    def wake_waiters(self) -> None:
+        """Run the next waiting task on every pCPU that its current task left."""
+        for cpu, queue in self.waiting.items():
+            while queue and self.perf.cpu_free_for(queue[0][0].decode(), cpu):
+                peer, call, ledger = queue.pop(0)
+                self.complete(peer, call, ledger)
+
+    def complete(self, peer: bytes, call: schema.PerfCall, ledger: Ledger) -> None:
+        """Run one perf call; push the oncpu changes it caused to the caller, then reply."""
+        owner = peer.decode(errors="replace")
+        perf = self.perf
         ok, error, result = True, "", {}
         before = perf.oncpu(owner)
         try:
@@ -92,6 +117,8 @@ class HostServer:
                                for op, (n, total) in sorted(self.op_costs.items()) if n},
                 "pmc_refcount": perf.pmc_refcount, **perf.stats,
                 "pcpu_modeled_ns": {str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
+                "unavailable": {task: {str(ctx): n for ctx, n in lost.items()}
+                                for task, lost in perf.unavailable.items()},
                 "protocol_errors": dict(self.errors.counts)}
 
 

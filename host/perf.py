@@ -68,7 +68,8 @@ class Task:
 
 
 class HostPerf:
-    def __init__(self, topo: Topology, watchdog: bool, host_pinned: int = 0):
+    def __init__(self, topo: Topology, watchdog: bool, host_pinned: int = 0,
+                 busy_pcpus: tuple[int, ...] = (), event_binding: str = "task"):
         self.topo = topo
         self.pmus = [PhysicalPMU(c, topo.gp_counters, topo.fixed_counters)
                      for c in range(topo.ncpus)]
@@ -81,18 +82,28 @@ class HostPerf:
         self.key_disable_at: int | None = None
         self.now_ns = 0
         self.pcpu_clock: dict[int, int] = {}     # modeled ns each used pCPU spent: guest + host
+        self.event_binding = event_binding
+        self.current: dict[int, str] = {}        # pCPU -> the task running there
+        self.unavailable: dict[str, dict[int, int]] = {}  # task -> pmc context -> events lost
         per_socket = topo.cores * topo.threads
         self._same_socket_others = per_socket - 1
         self._cross_socket = topo.ncpus - per_socket
         self.stats = {"refcount_crossings": {"reserve": 0, "release": 0},
                       "static_key": {"enable": 0, "disable": 0, "deferred_cancelled": 0},
                       "overflows": 0, "overflows_to_owner": 0, "sched_in_other_cpu": 0,
-                      "pinned_errors": 0}
+                      "pinned_errors": 0, "run_queue_waits": 0}
         # Boot-time host users, placed before any task can run: not charged to anyone.
         for cpu in range(topo.ncpus):
             if watchdog:
                 self._boot_cpu_event(cpu, "cycles")
             for _ in range(host_pinned):
+                self._boot_cpu_event(cpu, "llc_misses")
+        for cpu in busy_pcpus:                   # every counter held by host pinned events
+            pmu = self.pmus[cpu]
+            for j, holder in enumerate(pmu.fixed):
+                if holder is None:
+                    self._boot_cpu_event(cpu, msr.FIXED_EVENTS[j])
+            for _ in range(pmu.free_gp()):
                 self._boot_cpu_event(cpu, "llc_misses")
 
     # --- boot ---------------------------------------------------------------------------------
@@ -129,26 +140,36 @@ class HostPerf:
     def task(self, name: str) -> Task:
         return self.tasks.setdefault(name, Task(name))
 
+    def cpu_free_for(self, name: str, cpu: int) -> bool:
+        """Whether ``name`` may run on ``cpu`` now: one task per pCPU, the others wait."""
+        self.topo.socket_of(cpu)
+        return self.current.get(cpu, name) == name
+
     def sched_in(self, name: str, cpu: int, ledger: Ledger) -> None:
         """The task starts running on ``cpu``: its enabled events try to get a counter there."""
-        self.topo.socket_of(cpu)
         task = self.task(name)
         if task.cpu != -1:
             self.sched_out(name, ledger)
+        if not self.cpu_free_for(name, cpu):
+            raise PerfError(f"pCPU {cpu} is running {self.current[cpu]}")
         if task.last_cpu not in (-1, cpu):
             self.stats["sched_in_other_cpu"] += 1
         task.cpu = task.last_cpu = cpu
+        self.current[cpu] = name
         for ev in task.events:
             self._event_sched_in(ev, ledger)
 
     def sched_out(self, name: str, ledger: Ledger) -> None:
         task = self.task(name)
         for ev in task.events:
-            self._event_sched_out(ev, ledger)
+            if ev.cpu == -1:                     # CPU-bound events stay where they are
+                self._event_sched_out(ev, ledger)
+        if self.current.get(task.cpu) == name:
+            del self.current[task.cpu]
         task.cpu = -1
 
     def _event_sched_in(self, ev: PerfEvent, ledger: Ledger) -> None:
-        cpu = self.tasks[ev.task].cpu
+        cpu = ev.cpu if ev.cpu != -1 else self.tasks[ev.task].cpu
         if cpu == -1 or not ev.enabled or ev.error or ev.slot is not None:
             return
         ledger.charge("x86_counter_schedule")
@@ -178,6 +199,10 @@ class HostPerf:
             return {}
         if op == "sched_out":
             self.sched_out(owner, ledger)
+            return {}
+        if op == "migrate":                      # dequeue on the old pCPU, enqueue on the new
+            self.sched_out(owner, ledger)
+            self.sched_in(owner, args["cpu"], ledger)
             return {}
         if op == "create":
             ev = self.create(owner, args, ledger)
@@ -216,9 +241,10 @@ class HostPerf:
         ledger.charge("perf_event_alloc")
         self._reserve_hardware(ledger)
         self._account_event(ledger)
-        ev = self._new_event(owner, owner, -1, kind, bool(args.get("exclude_user")),
-                             bool(args.get("exclude_kernel")), period, args.get("context", -1))
         task = self.task(owner)
+        bound = task.cpu if self.event_binding == "cpu" else -1
+        ev = self._new_event(owner, owner, bound, kind, bool(args.get("exclude_user")),
+                             bool(args.get("exclude_kernel")), period, args.get("context", -1))
         task.events.append(ev)
         ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
         ledger.charge("local_function_call")
@@ -305,7 +331,12 @@ class HostPerf:
         for ev in task.events:
             if ev.enabled:
                 ev.time_enabled += cycles
-            if ev.slot is None or not ev.counts(cpl):
+            if not ev.counts(cpl):
+                continue
+            if ev.oncpu != task.cpu or task.cpu == -1:
+                if ev.enabled and ev.error and retired.get(ev.kind, 0) > 0:
+                    lost = self.unavailable.setdefault(name, {})
+                    lost[ev.context] = lost.get(ev.context, 0) + retired[ev.kind]
                 continue
             ev.time_running += cycles
             n = retired.get(ev.kind, 0)
@@ -334,8 +365,9 @@ class HostPerf:
     def budget(self, name: str) -> dict[str, int]:
         """Events of each kind that may retire on the task's pCPU before a counter overflows."""
         out: dict[str, int] = {}
-        for ev in self.task(name).events:
-            if ev.slot is not None:
+        task = self.task(name)
+        for ev in task.events:
+            if ev.slot is not None and ev.oncpu == task.cpu:
                 out[ev.kind] = min(out.get(ev.kind, ev.period_left), ev.period_left)
         return out
 

@@ -24,9 +24,10 @@ class Vm:
     def configure(self, run: int, cfg: dict, peers: dict) -> dict:
         self.stop()
         policy = policies.load(cfg["policy"])
-        vcfg = dict(cfg, ghz=preset(cfg["host"]["preset"]).ghz)
+        topo = preset(cfg["host"]["preset"])
+        vcfg = dict(cfg, ghz=topo.ghz)
         self.threads = [VcpuThread(self.svc.ctx, self.svc.name.removeprefix("kvm-"), i, pcpu, run,
-                                   policy, vcfg, peers["perf"], self.listen_base)
+                                   policy, vcfg, peers["perf"], self.listen_base, topo)
                         for i, pcpu in enumerate(config.vcpu_pins(cfg))]
         for t in self.threads:
             t.start()
@@ -34,8 +35,9 @@ class Vm:
             t.bound.wait(transport.DEFAULT_TIMEOUT_S)
             if t.failure or not t.endpoint:
                 raise RuntimeError(f"vCPU {t.index} did not come up: {t.failure}")
-        log.info("run %d: policy %s, vCPUs pinned to pCPUs %s", run, policy.name,
-                 [t.pcpu for t in self.threads])
+        log.info("run %d: policy %s; vCPU -> pCPU (thread, real CPUs): %s", run, policy.name,
+                 ", ".join(f"{t.index} -> {t.pcpu} ({t.affinity['tid']}, "
+                           f"{t.affinity['cpus'] or 'not pinned'})" for t in self.threads))
         return {"vcpus": [t.endpoint for t in self.threads]}
 
     def finish(self) -> dict:

@@ -17,6 +17,7 @@ import zmq
 from common import costs, logsetup, msr, schema, transport
 from common.costs import Ledger
 from common.schema import MsgType
+from kvm.migrate import Migrator
 from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu, PerfCallRefused
 
 log = logging.getLogger("kvm")
@@ -90,7 +91,7 @@ class HostLink:
 
 class VcpuThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
-                 policy, cfg: dict, host_ep: str, listen_base: str):
+                 policy, cfg: dict, host_ep: str, listen_base: str, topo):
         super().__init__(name=f"{vm}-vcpu{index}", daemon=True)
         self.ctx, self.vm, self.index, self.pcpu, self.run_id = ctx, vm, index, pcpu, run
         self.policy, self.cfg, self.host_ep = policy, cfg, host_ep
@@ -108,6 +109,14 @@ class VcpuThread(threading.Thread):
         self.nmi_measured: list[int] = []
         self.nmi_modeled: list[int] = []
         self.stats = collections.Counter()
+        self.migrations: collections.Counter = collections.Counter()
+        self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
+                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"])
+        self.task_binding = cfg["host"]["event_binding"] == "task"
+        self.loaded = False
+        self.max_modeled_ns = cfg["run"]["max_modeled_ms"] * 1_000_000
+        self.affinity: dict = {}
+        self.cores = sorted(os.sched_getaffinity(0))     # the process's, before any pinning
         self.ledger = Ledger()
         self.guest_ns = 0
         self.nmi_pending = False
@@ -136,10 +145,11 @@ class VcpuThread(threading.Thread):
             self.host.pmu = self.pmu
             host.send(schema.Hello("vcpu", self.host.name, os.getpid()))
             transport.wait_for(host, MsgType.WELCOME, transport.DEFAULT_TIMEOUT_S)
-            self.vcpu_load(self.pcpu)
+            self.pin_thread(self.pcpu)
             self.bound.set()
-            log.info("vCPU thread up: guest endpoint %s, host %s, policy %s", self.endpoint,
-                     self.host_ep, self.policy.name)
+            log.info("vCPU thread up (tid %d, real CPUs %s): guest endpoint %s, host %s, "
+                     "policy %s", threading.get_native_id(), self.affinity.get("cpus", "any"),
+                     self.endpoint, self.host_ep, self.policy.name)
             self.serve(guest)
         except Exception as exc:  # the thread's failure is reported by the process
             self.failure = f"{type(exc).__name__}: {exc}"
@@ -150,10 +160,39 @@ class VcpuThread(threading.Thread):
                 if chan is not None:
                     chan.close()
 
-    def vcpu_load(self, pcpu: int) -> None:
-        """The host schedules the vCPU task in on ``pcpu``; then kvm_arch_vcpu_load sets cpu."""
-        self.host.call("sched_in", cpu=pcpu)
+    def pin_thread(self, pcpu: int) -> None:
+        """Pin this thread to a core of the machine running the emulator (pCPU modulo the cores
+        available), where the OS allows it; the emulated pCPU is recorded either way."""
+        self.affinity = {"tid": threading.get_native_id(), "pcpu": pcpu, "cpus": None}
+        if not self.cfg["vm"]["real_affinity"]:
+            return
+        try:
+            core = self.cores[pcpu % len(self.cores)]
+            os.sched_setaffinity(0, {core})
+            self.affinity["cpus"] = sorted(os.sched_getaffinity(0))
+        except (OSError, AttributeError) as exc:
+            log.info("real affinity not applied: %s", exc)
+
+    def vcpu_load(self, pcpu: int, migration: str = "") -> None:
+        """The host scheduler runs the vCPU task on ``pcpu`` (waiting for its turn if another
+        task holds it); then kvm_arch_vcpu_load sets vcpu->cpu."""
+        old = self.pcpu
+        self.host.timeout_s = 60.0                  # a turn may wait for another task's slice
+        self.host.call("migrate" if migration else "sched_in", cpu=pcpu)
+        self.host.timeout_s = transport.DEFAULT_TIMEOUT_S
         self.pmu.cpu = self.pcpu = pcpu
+        self.loaded = True
+        if not migration:
+            return
+        self.migrations[migration] += 1
+        logsetup.set_context(self.index, pcpu)
+        self.pin_thread(pcpu)
+        bad = [p.idx for p in self.pmu.pmcs() if p.perf_event is not None
+               and self.task_binding and p.oncpu not in (pcpu, -1)]
+        if bad:
+            self.stats["oncpu_disagreements"] += 1
+        log.info("migrated (%s) pCPU %d -> %d; events' oncpu %s", migration, old, pcpu,
+                 {p.idx: p.oncpu for p in self.pmu.pmcs() if p.perf_event is not None})
 
     def serve(self, guest: transport.Channel) -> None:
         while not self.stop.is_set():
@@ -172,11 +211,15 @@ class VcpuThread(threading.Thread):
                 self.errors.record("unknown_type", msg.type.value, "guest")
                 guest.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
                 continue
+            if not self.loaded:
+                self.vcpu_load(self.pcpu)
             entry = self.handle_exit(msg.body)
-            self.enter_guest(guest, peer, entry)
             if msg.body.reason == "done":
+                self.host.call("sched_out")           # the task leaves its pCPU to the others
+                guest.send(entry, peer)
                 log.info("guest vCPU done after %d exits", sum(self.exits.values()))
                 return
+            self.enter_guest(guest, peer, entry)
 
     # --- exits --------------------------------------------------------------------------------
 
@@ -188,6 +231,9 @@ class VcpuThread(threading.Thread):
         self.nmi_handler_progress(ex.in_nmi)
         self.nmi_blocked = ex.in_nmi
         reason = ex.reason
+        overflows = self.pmu.stats["overflows"]
+        if ex.reason == "hypercall":
+            self.migrator.request(ex.index, "next-overflow" if ex.value else "now")
         if self.host.retired(retired):
             self.sync_clock()
             self.host.call("account")          # the host PMI that interrupted the guest
@@ -198,6 +244,11 @@ class VcpuThread(threading.Thread):
         self.sync_clock()
         if self.host.now_ns >= self.next_tick:
             self.preempt()
+        move = self.migrator.decide(self.pcpu, sum(self.exits.values()), self.host.now_ns,
+                                    self.pmu.stats["overflows"] > overflows)
+        if move is not None and move[0] != self.pcpu:
+            self.vcpu_load(move[0], move[1])
+            self.sync_clock()
         value, gp, values = 0, False, []
         try:
             if ex.reason == "rdmsr":
@@ -212,7 +263,8 @@ class VcpuThread(threading.Thread):
             gp = True
             self.pmu.stats["gp_faults"] += 1
             log.info("#GP injected: %s", fault)
-        return schema.Entry(value, gp, {}, values)
+        stop = "max_modeled_ms" if self.host.now_ns > self.max_modeled_ns else ""
+        return schema.Entry(value, gp, {}, values, stop=stop)
 
     def sync_clock(self) -> None:
         self.host.now_ns = self.guest_ns + self.ledger.total(self.params)
@@ -303,6 +355,9 @@ class VcpuThread(threading.Thread):
             "injected": self.injected,
             "policy": self.policy.name,
             "timeslices": self.stats["timeslices"],
+            "migrations": dict(self.migrations),
+            "oncpu_disagreements": self.stats["oncpu_disagreements"],
+            "affinity": self.affinity,
             "entry_retries": self.stats["entry_retries"],
             "nmi_handler": {"measured_ns": self.nmi_measured, "modeled_ns": self.nmi_modeled},
             "exits": dict(self.exits),

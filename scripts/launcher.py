@@ -56,6 +56,19 @@ def parse_args(argv):
     ap.add_argument("--cost", action="append", default=[], metavar="NAME=NS",
                     help="override one cost parameter (repeatable)")
     ap.add_argument("--max-exits", type=int, help="end a vCPU's run after N exits")
+    ap.add_argument("--max-modeled-ms", type=int,
+                    help="end a vCPU's run when its modeled clock passes N ms")
+    ap.add_argument("--migrate", metavar="SPEC",
+                    help="none, every:N (exits), random:RATE (per modeled second), window "
+                    "(between an overflow and the next entry), to-busy:K")
+    ap.add_argument("--event-binding", choices=("task", "cpu"),
+                    help="task: events follow the vCPU thread (KVM); cpu: bound to the pCPU "
+                    "where they were created (the RFC text's model)")
+    ap.add_argument("--pin", help="pCPUs of the vCPUs, comma-separated, or compact / spread")
+    ap.add_argument("--real-affinity", choices=("on", "off"),
+                    help="pin each vCPU thread to a core of this machine too")
+    ap.add_argument("--host-pinned", type=int,
+                    help="host pinned events per pCPU competing for GP counters")
     ap.add_argument("--scenario", help="TOML scenario file (flags override it)")
     ap.add_argument("--out", help="run directory (default: a new folder under runs/)")
     ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
@@ -87,6 +100,15 @@ def resolve_config(args) -> dict:
                          ("period", "guest"), ("event", "guest"), ("workload", "guest")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
+    for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"),
+                         ("event_binding", "host"), ("host_pinned", "host")):
+        if getattr(args, key) is not None:
+            flags[section][key] = getattr(args, key)
+    if args.pin:
+        flags["vm"]["pin"] = (args.pin if args.pin in config.PIN_RULES else
+                              [int(x) if x.strip().isdigit() else x for x in args.pin.split(",")])
+    if args.real_affinity:
+        flags["vm"]["real_affinity"] = args.real_affinity == "on"
     if args.host_preset:
         flags["host"]["preset"] = args.host_preset
     if args.watchdog:

@@ -1,0 +1,118 @@
+"""Pinned vCPU threads and migrations that land in the windows the RFC is about."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import LAUNCHER, assert_no_process_left, launch
+
+pytestmark = pytest.mark.timeout(300)
+COMMON = ("--pmis", "10", "--host-preset", "small", "--max-modeled-ms", "3000")
+
+
+def runs_of(tmp_path, *args):
+    proc, results, out = launch(tmp_path, *COMMON, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_no_process_left(out)
+    return {r["policy"]: r for r in results["runs"]}
+
+
+def assert_moves_consistent(run):
+    assert run["migrations"] > 0
+    assert run["migrations"] == sum(run["migrations_by_kind"].values())
+    assert run["migrations"] == run["host_sched_in_other_cpu"]
+    assert run["oncpu_disagreements"] == 0
+
+
+def test_window_with_task_binding_oncpu_skips(tmp_path):
+    runs = runs_of(tmp_path, "--policy", "always,oncpu", "--migrate", "window")
+    for run in runs.values():
+        assert_moves_consistent(run)
+        assert run["migrations_by_kind"] == {"window": 10}
+        assert run["invariants"]["violations"] == []
+    assert runs["oncpu"]["handle_event"]["by_reason"] == {"skipped_active_here": 10}
+    assert runs["always"]["handle_event"]["by_reason"] == {"reprogrammed_unconditionally": 10}
+
+
+def test_window_with_cpu_binding_oncpu_reprograms_elsewhere(tmp_path):
+    runs = runs_of(tmp_path, "--policy", "oncpu", "--migrate", "window", "--event-binding", "cpu")
+    run = runs["oncpu"]
+    assert run["handle_event"]["by_reason"] == {"reprogrammed_elsewhere": 10}
+    assert run["migrations"] == run["host_sched_in_other_cpu"] == 10
+    assert run["invariants"]["violations"] == []
+
+
+def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
+    proc, results, out = launch(tmp_path, *COMMON, "--policy", "always,oncpu",
+                                "--migrate", "to-busy:50", "--max-modeled-ms", "500")
+    assert proc.returncode == 0, proc.stdout + proc.stderr     # unavailable is not a failure
+    for run in results["runs"]:
+        kinds = {v["kind"] for v in run["invariants"]["violations"]}
+        assert kinds == {"counter_unavailable"}
+        assert run["stop_reason"] == "max_modeled_ms"
+        assert run["host_perf"]["pinned_errors"] >= 1
+        assert run["migrations_by_kind"]["to-busy"] == 1
+    oncpu = next(r for r in results["runs"] if r["policy"] == "oncpu")
+    assert oncpu["handle_event"]["by_reason"] == {"reprogrammed_inactive": 1}
+    assert_no_process_left(out)
+
+
+@pytest.mark.parametrize("spec", ["every:7", "random:300"])
+def test_moves_lose_and_double_no_count(tmp_path, spec):
+    base = runs_of(tmp_path / "base", "--policy", "always,oncpu")
+    runs = runs_of(tmp_path / "moved", "--policy", "always,oncpu", "--migrate", spec)
+    for policy, run in runs.items():
+        assert_moves_consistent(run)
+        assert run["invariants"]["violations"] == []
+        assert run["guest_event_count"] == base[policy]["guest_event_count"]
+        assert run["samples"] == base[policy]["samples"]
+
+
+def test_scheduled_moves_from_the_scenario(tmp_path):
+    scenario = tmp_path / "moves.toml"
+    scenario.write_text('[host]\npreset = "small"\n[vm]\nvcpus = 2\npin = [0, 1]\n'
+                        'migrations = [{vcpu = 0, exit = 5, to = 6}, {vcpu = 1, exit = 9, to = 7}]\n')
+    runs = runs_of(tmp_path, "--scenario", str(scenario), "--policy", "oncpu")
+    run = runs["oncpu"]
+    assert run["migrations_by_kind"] == {"scheduled": 2}
+    assert run["host_sched_in_other_cpu"] == 2 and run["invariants"]["violations"] == []
+
+
+def test_overcommitted_vcpus_take_turns(tmp_path):
+    runs = runs_of(tmp_path, "--policy", "oncpu", "--vcpus", "2", "--pin", "3,3")
+    run = runs["oncpu"]
+    assert run["pmis"]["handled"] == 20 and run["migrations"] == 0
+    assert run["host_perf"]["run_queue_waits"] > 0
+    assert run["invariants"]["violations"] == []
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no thread affinity here")
+def test_real_affinity_is_applied_to_each_vcpu_thread(tmp_path):
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--pmis", "100000",
+                             "--policy", "oncpu", "--host-preset", "small", "--vcpus", "2",
+                             "--pin", "0,5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        log = os.path.join(out, "kvm-vm0.log")
+        deadline = time.monotonic() + 30
+        line = ""
+        while "vCPU -> pCPU" not in line and time.monotonic() < deadline:
+            time.sleep(0.1)
+            line = next((x for x in open(log)), "") if os.path.exists(log) else ""
+            line = next((x for x in open(log) if "vCPU -> pCPU" in x), "") if line else ""
+        kvm_pid = json.load(open(os.path.join(out, "pids.json")))["kvm-vm0"]
+        cores = sorted(os.sched_getaffinity(0))
+        mapping = line.split("real CPUs): ")[1]
+        for part, pcpu in zip(mapping.split("), "), (0, 5)):
+            tid = int(part.split("(")[1].split(",")[0])
+            status = open(f"/proc/{kvm_pid}/task/{tid}/status").read()
+            allowed = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list"))
+            assert allowed.split()[-1] == str(cores[pcpu % len(cores)])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert_no_process_left(out)
