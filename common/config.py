@@ -18,12 +18,14 @@ from common.topology import PRESETS
 # time between PMIs.
 DEFAULTS: dict = {
     "run": {"policies": ["always", "oncpu"], "pmis": 200, "seed": 1, "transport": "ipc",
-            "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300},
+            "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
+            "guest_program": ""},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],
              "event_binding": "task"},
     "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
            "migrate": "none", "migrations": []},
-    "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000},
+    "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000,
+              "sessions": [], "watchdog": False},
     "costs": {},
 }
 
@@ -138,11 +140,36 @@ def validate(cfg: dict, where: str) -> dict:
     _check(guest["event"] in msr.ARCH_EVENTS.values(), where, "guest.event",
            f"unknown event; known: {', '.join(msr.ARCH_EVENTS.values())}")
     _int(guest["period"], where, "guest.period", 2, (1 << 31) - 1)
+    _check(type(guest["watchdog"]) is bool, where, "guest.watchdog", "must be true or false")
+    _check(isinstance(guest["sessions"], list), where, "guest.sessions", "must be a list")
+    for i, sess in enumerate(guest["sessions"]):
+        key = f"guest.sessions[{i}]"
+        _check(isinstance(sess, dict) and set(sess) <= {"mode", "event", "period", "freq"},
+               where, key, "keys are mode, event, period, freq")
+        _check(sess.get("mode") in ("record", "stat"), where, key, "mode is record or stat")
+        _check(sess.get("event") in msr.ARCH_EVENTS.values(), where, key,
+               f"event is one of {', '.join(msr.ARCH_EVENTS.values())}")
+        if sess["mode"] == "record":
+            _check(("period" in sess) != ("freq" in sess), where, key,
+                   "record takes period = N or freq = HZ")
+            _int(sess.get("period", sess.get("freq")), where, key, 1)
+        else:
+            _check("period" not in sess and "freq" not in sess, where, key,
+                   "stat takes no period or freq")
+    prog = run["guest_program"]
+    _check(isinstance(prog, str) and (not prog or os.path.isfile(prog)), where,
+           "run.guest_program", f"no such file {prog!r}")
     try:
         costs.resolve(cfg["costs"])
     except ValueError as exc:
         raise ConfigError(where, "costs", str(exc)) from None
     return cfg
+
+
+def guest_sessions(cfg: dict) -> list[dict]:
+    """The guest's perf sessions: the scenario's list, or one ``perf record -e EVENT -c PERIOD``."""
+    g = cfg["guest"]
+    return g["sessions"] or [{"mode": "record", "event": g["event"], "period": g["period"]}]
 
 
 def vcpu_pins(cfg: dict) -> list[int]:

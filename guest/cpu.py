@@ -17,6 +17,10 @@ class BudgetStuck(RuntimeError):
     """KVM gave a budget that lets nothing retire: the run cannot go on."""
 
 
+class RunStopped(Exception):
+    """KVM ended the run (its budget is spent); a guest program unwinds with this."""
+
+
 class GuestCpu:
     def __init__(self, chan: transport.Channel, index: int, nr_vcpus: int, workload: Workload,
                  oracle: Oracle, max_exits: int):
@@ -38,6 +42,11 @@ class GuestCpu:
         self.gp_faults = 0
         self.checks: list[dict] = []
         self.stop_reason = ""
+        self.raise_on_stop = False
+        self.cycles = 0                      # guest cycles retired: the guest's own clock
+        self.tick_handler = None
+        self.tick_cycles = 0
+        self.next_tick = 0
 
     # --- the exit itself ------------------------------------------------------------------------
 
@@ -58,6 +67,8 @@ class GuestCpu:
                 raise RuntimeError(f"KVM refused the exit: {msg.body.kind}: {msg.body.detail}")
         entry = msg.body
         self.stop_reason = self.stop_reason or entry.stop
+        if self.stop_reason and self.raise_on_stop and reason != "done":
+            raise RunStopped(self.stop_reason)
         self.budget = dict(entry.budget)
         self.nmi_window = entry.nmi_window
         if entry.gp:
@@ -149,6 +160,12 @@ class GuestCpu:
     def on_pmi(self, handler) -> None:
         self.pmi_handler = handler
 
+    def on_tick(self, handler, period_ns: int) -> None:
+        """A periodic guest timer (the scheduler tick), in guest time."""
+        self.tick_handler = handler
+        self.tick_cycles = max(1, int(period_ns * self.workload.ghz))
+        self.next_tick = self.cycles + self.tick_cycles
+
     def request_migration(self, pcpu: int, at: str = "now") -> None:
         """Test facility: ask the host to move this vCPU's thread to ``pcpu`` before the next
         entry, or between the next overflow and the entry after it."""
@@ -175,25 +192,33 @@ class GuestCpu:
         (the budget KVM handed out), so that a PMI lands after the overflowing event."""
         left = {k: v for k, v in events.items() if v > 0}
         while left:
-            part = self._fit(left)
+            limits = dict(self.budget)
+            if self.tick_handler is not None:
+                limits["cycles"] = min(limits.get("cycles", self.next_tick - self.cycles),
+                                       self.next_tick - self.cycles)
+            part = self._fit(left, limits)
             for k, n in part.items():
                 self.unsent[k] += n
                 left[k] -= n
                 if k in self.budget:
                     self.budget[k] -= n
+            self.cycles += part.get("cycles", 0)
             left = {k: v for k, v in left.items() if v > 0}
             self.oracle.retire(part)
             if any(self.budget[k] <= 0 for k in self.budget):
                 self._exit("budget")
                 if self.stop_reason:
                     return
+            if self.tick_handler is not None and self.cycles >= self.next_tick:
+                self.next_tick += self.tick_cycles
+                self.tick_handler(self)
 
-    def _fit(self, chunk: dict[str, int]) -> dict[str, int]:
-        """The largest leading share of ``chunk`` that spends no budget beyond zero."""
+    def _fit(self, chunk: dict[str, int], limits: dict[str, int]) -> dict[str, int]:
+        """The largest leading share of ``chunk`` that spends no limit beyond zero."""
         limit, fraction = None, None
         for k in msr.EVENT_KINDS:
-            if chunk.get(k, 0) > 0 and k in self.budget:
-                f = (self.budget[k], chunk[k])
+            if chunk.get(k, 0) > 0 and k in limits:
+                f = (limits[k], chunk[k])
                 if f[0] < f[1] and (fraction is None or f[0] * fraction[1] < fraction[0] * f[1]):
                     limit, fraction = k, f
         if limit is None:

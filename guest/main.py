@@ -1,6 +1,7 @@
 """The guest-kernel process: one per VM, one thread per vCPU, each running the guest perf driver."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -8,11 +9,11 @@ import threading
 
 import zmq
 
-from common import logsetup, schema, service, transport
+from common import config, logsetup, schema, service, transport
 from common.schema import MsgType
 from common.topology import preset
-from guest.cpu import GuestCpu
-from guest.driver import PerfRecord
+from guest.cpu import GuestCpu, RunStopped
+from guest.driver import X86Pmu, events_from_sessions
 from guest.oracle import Oracle
 from guest.workload import Workload, streams
 
@@ -32,7 +33,8 @@ class GuestVcpu(threading.Thread):
         self.reason = "not started"
         self.failure: str | None = None
         self.cpu: GuestCpu | None = None
-        self.driver: PerfRecord | None = None
+        self.pmu: X86Pmu | None = None
+        self.program_error: str | None = None
 
     def run(self) -> None:
         logsetup.set_context(self.index, None)
@@ -60,45 +62,86 @@ class GuestVcpu(threading.Thread):
             chan.close()
 
     def drive(self, chan: transport.Channel) -> str:
-        """Boot the perf session, run the workload until the PMI target or a budget is reached."""
+        """Run the guest program, or boot the perf sessions and run the workload until the PMI
+        target or a budget is reached."""
         run, g = self.cfg["run"], self.cfg["guest"]
         oracle = Oracle()
         oracle.vcpu = self.index
-        workload = Workload(g["workload"], self.rng, preset(self.cfg["host"]["preset"]).ghz)
+        topo = preset(self.cfg["host"]["preset"])
+        workload = Workload(g["workload"], self.rng, topo.ghz)
         cpu = self.cpu = GuestCpu(chan, self.index, self.nr, workload, oracle, run["max_exits"])
-        driver = self.driver = PerfRecord(cpu, g["event"], g["period"])
-        driver.start()
+        if run["guest_program"]:
+            reason = self.run_program(cpu, run["guest_program"])
+        else:
+            reason = self.run_perf(cpu, workload, run["pmis"], run["max_exits"],
+                                   config.guest_sessions(self.cfg), g["watchdog"], topo.ghz)
+        oracle.finish()
+        cpu._exit("done")
+        log.info("vCPU done (%s): %d PMIs, %d exits, %d violations", reason, cpu.pmis,
+                 cpu.exits_total(), len(oracle.violations))
+        return reason
+
+    def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, max_exits: int,
+                 sessions: list[dict], watchdog: bool, ghz: float) -> str:
+        pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog))
+        pmu.start()
         reason = "pmis"
-        while driver.handled < run["pmis"]:
+        while pmu.handled < pmis:
             if cpu.stop_reason:
                 reason = cpu.stop_reason
                 break
-            if cpu.exits_total() >= run["max_exits"]:
+            if cpu.exits_total() >= max_exits:
                 reason = "max_exits"
                 break
             if self.stop.is_set():
                 reason = "stopped"
                 break
             cpu.retire_events(workload.next_slice())
-        driver.update()                          # perf reads the counter when the event stops
-        oracle.finish()
-        cpu._exit("done")
-        log.info("vCPU done (%s): %d PMIs handled, %d samples, %d exits, %d violations",
-                 reason, driver.handled, driver.samples, cpu.exits_total(),
-                 len(oracle.violations))
+        pmu.read()                               # perf reads the counters when events stop
         return reason
 
+    def run_program(self, cpu: GuestCpu, path: str) -> str:
+        """``main(cpu)`` of a guest test program; an exception is the program's failure."""
+        cpu.raise_on_stop = True
+        try:
+            load_program(path).main(cpu)
+            return "program_done"
+        except RunStopped as stop:
+            return str(stop)
+        except Exception as exc:
+            self.program_error = f"{type(exc).__name__}: {exc}"
+            log.warning("guest program failed: %s", self.program_error)
+            return "program_error"
+        finally:
+            cpu.raise_on_stop = False
+
     def report(self) -> dict:
-        cpu, drv = self.cpu, self.driver
+        cpu, pmu = self.cpu, self.pmu
+        events = pmu.report() if pmu else []
         return {"vcpu": self.index, "reason": self.reason, "failure": self.failure,
                 "pmis_delivered": cpu.pmis if cpu else 0,
-                "pmis_handled": drv.handled if drv else 0,
-                "samples": drv.samples if drv else 0,
-                "event_count": drv.count if drv else 0,
+                "pmis_handled": pmu.handled if pmu else (cpu.pmis if cpu else 0),
+                "samples": sum(e["samples"] for e in events),
+                "event_count": sum(e["count"] for e in events),
+                "events": events,
+                "ticks": pmu.ticks if pmu else 0,
+                "rotations": pmu.rotations if pmu else 0,
                 "exits": dict(cpu.exits) if cpu else {},
                 "gp_faults": cpu.gp_faults if cpu else 0,
+                "program": {"checks": cpu.checks if cpu else [], "error": self.program_error},
                 "invariants": {"checked": cpu.oracle.checked if cpu else 0,
                                "violations": cpu.oracle.violations if cpu else []}}
+
+
+def load_program(path: str):
+    spec = importlib.util.spec_from_file_location("vpmu_guest_program", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "main", None)):
+        raise ValueError(f"{path}: defines no main(cpu)")
+    return module
 
 
 class Guest:

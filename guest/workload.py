@@ -25,6 +25,7 @@ class Workload:
     def __init__(self, profile: str, rng: np.random.Generator, ghz: float, ref_ghz: float = 2.0):
         self.p = PROFILES[profile]
         self.rng = rng
+        self.ghz = ghz
         self.ref_ratio = ref_ghz / ghz
 
     def derive(self, instructions: int, **given) -> dict[str, int]:

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 from typing import Protocol
 
-from common import msr
+from common import faults, msr
 from common.costs import Ledger
 
 KVM_REQ_PMU = "KVM_REQ_PMU"
@@ -105,6 +105,8 @@ class KvmPmu:
         value = pmc.counter
         if pmc.perf_event is not None and not pmc.is_paused:
             value += self.perf.call("read", handle=pmc.perf_event)["count"]
+        if faults.active("kvm_count_skew"):
+            value += 1
         return value & self.counter_bitmask
 
     def sample_period(self, pmc: KvmPmc) -> int:
@@ -203,7 +205,7 @@ class KvmPmu:
         if index == msr.MSR_CORE_PERF_FIXED_CTR_CTRL:
             return self.fixed_ctr_ctrl
         if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
-            return self.global_status
+            return self.global_status | (0b10 if faults.active("kvm_status_skew") else 0)
         if index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
             return self.global_ctrl
         if index == msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL:

@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from common import costs, logsetup, msr, schema, transport
+from common import costs, faults, logsetup, msr, schema, transport
 from common.costs import Ledger
 from common.schema import MsgType
 from kvm.migrate import Migrator
@@ -126,6 +126,7 @@ class VcpuThread(threading.Thread):
         self.he_ledger = Ledger()
         self.injected = 0
         self.nmi_blocked = False
+        self.nmi_late = False
         self.errors = transport.ErrorLog(log)
 
     # --- thread body ------------------------------------------------------------------------------
@@ -311,7 +312,15 @@ class VcpuThread(threading.Thread):
             elif injection is not None:
                 guest.send(schema.Inject(*injection), peer)
                 self.injected += 1
-        if self.nmi_pending and not self.nmi_blocked:
+        if faults.active("kvm_drop_pmi"):
+            self.nmi_pending = False
+        if faults.active("kvm_late_pmi") and self.nmi_pending and not self.nmi_late:
+            self.nmi_late = True                   # hold it for one entry
+        elif faults.active("kvm_spurious_pmi") and sum(self.exits.values()) % 40 == 0:
+            self.nmi_pending = True
+        else:
+            self.nmi_late = False
+        if self.nmi_pending and not self.nmi_blocked and not self.nmi_late:
             self.nmi_pending = False
             guest.send(schema.Inject("nmi", 2), peer)
             self.injected += 1

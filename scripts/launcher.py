@@ -51,6 +51,10 @@ def parse_args(argv):
     ap.add_argument("--event", help="event the guest samples (instructions, cycles, ...)")
     ap.add_argument("--workload", help="guest workload profile: compute, branchy, memory")
     ap.add_argument("--seed", type=int, help="seed of the guest workloads")
+    ap.add_argument("--guest-program", help="run main(cpu) from this file on every vCPU instead "
+                    "of the guest perf driver")
+    ap.add_argument("--guest-watchdog", choices=("on", "off"),
+                    help="the guest's NMI watchdog (a cycles event on a counter)")
     ap.add_argument("--host-preset", help="emulated host: skx-4s, bdx-2s, clx-2s, small")
     ap.add_argument("--watchdog", choices=("on", "off"), help="host NMI watchdog")
     ap.add_argument("--cost", action="append", default=[], metavar="NAME=NS",
@@ -107,6 +111,10 @@ def resolve_config(args) -> dict:
     if args.pin:
         flags["vm"]["pin"] = (args.pin if args.pin in config.PIN_RULES else
                               [int(x) if x.strip().isdigit() else x for x in args.pin.split(",")])
+    if args.guest_program:
+        flags["run"]["guest_program"] = args.guest_program
+    if args.guest_watchdog:
+        flags["guest"]["watchdog"] = args.guest_watchdog == "on"
     if args.real_affinity:
         flags["vm"]["real_affinity"] = args.real_affinity == "on"
     if args.host_preset:
@@ -356,9 +364,19 @@ def main(argv=None) -> int:
         print()
         print(report.table(results["runs"]))
     for r in results["runs"]:
+        for c in r.get("guest_program", {}).get("checks", []):
+            print(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
+                  f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
+        shown: dict[str, int] = {}
         for v in report.failed_checks(r):
-            print(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
-                  f"{v['counter']}: {v['detail']}")
+            shown[v["kind"]] = shown.get(v["kind"], 0) + 1
+            if shown[v["kind"]] <= report.SHOW_PER_KIND:
+                print(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
+                      f"{v['counter']}: {v['detail']}")
+        for kind, n in shown.items():
+            if n > report.SHOW_PER_KIND:
+                print(f"  VIOLATION [{r['policy']}] {kind}: {n - report.SHOW_PER_KIND} more "
+                      "(all in results.json)")
     if args.explain_costs:
         for r in results["runs"]:
             print("\n" + report.breakdown(r))

@@ -6,6 +6,7 @@ import collections
 import numpy as np
 
 ALWAYS_VIOLATION_OK = ("counter_unavailable",)
+SHOW_PER_KIND = 5
 
 
 def summary(values: list) -> dict:
@@ -63,6 +64,9 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
                  "handled": sum(v["pmis_handled"] for v in gv)},
         "samples": sum(v["samples"] for v in gv),
         "guest_event_count": sum(v["event_count"] for v in gv),
+        "guest_events": [{"vcpu": v["vcpu"], "events": v["events"]} for v in gv],
+        "guest_ticks": sum(v["ticks"] for v in gv),
+        "guest_rotations": sum(v["rotations"] for v in gv),
         "guest_nmi_handler": {"measured_ns": summary(nmi_measured),
                               "modeled_ns": summary(nmi_modeled)},
         "timeslices": sum(v["timeslices"] for v in kv),
@@ -75,13 +79,15 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
         "oncpu_disagreements": sum(v["oncpu_disagreements"] for v in kv),
         "affinity": [v["affinity"] for v in kv],
         "invariants": {"checked": sum(v["invariants"]["checked"] for v in gv),
-                       "violations": violations},
+                       "violations": violations,
+                       "by_kind": dict(collections.Counter(v["kind"] for v in violations))},
         "host_perf": {k: host[k] for k in ("refcount_crossings", "static_key", "overflows",
                                            "pinned_errors", "pmc_refcount", "run_queue_waits",
                                            "unavailable")},
         "modeled_guest_ns": guest_ns, "modeled_total_ns": total_ns,
         "guest_overhead_share": (total_ns - guest_ns) / total_ns if total_ns else 0.0,
         "stop_reason": reason,
+        **({"guest_program": program_result(gv)} if cfg["run"]["guest_program"] else {}),
         "wall_s": round(wall_s, 3),
     }
 
@@ -111,8 +117,25 @@ def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:
     return out
 
 
+def program_result(guest_vcpus: list[dict]) -> dict:
+    checks = [dict(c, vcpu=v["vcpu"]) for v in guest_vcpus for c in v["program"]["checks"]]
+    errors = [f"vcpu {v['vcpu']}: {v['program']['error']}" for v in guest_vcpus
+              if v["program"]["error"]]
+    return {"checks": checks, "error": "; ".join(errors) or None}
+
+
 def failed_checks(run: dict) -> list[dict]:
-    return [v for v in run["invariants"]["violations"] if v["kind"] not in ALWAYS_VIOLATION_OK]
+    """What makes a run fail: violated invariants, failed program checks, a program error."""
+    bad = [v for v in run["invariants"]["violations"] if v["kind"] not in ALWAYS_VIOLATION_OK]
+    prog = run.get("guest_program")
+    if prog:
+        bad += [{"kind": "check_failed", "vcpu": c["vcpu"], "counter": None,
+                 "detail": f"{c['name']}: {c['detail']}"} for c in prog["checks"]
+                if not c["passed"]]
+        if prog["error"]:
+            bad.append({"kind": "program_error", "vcpu": None, "counter": None,
+                        "detail": prog["error"]})
+    return bad
 
 
 def cost_table(values: dict[str, int]) -> str:

@@ -1,0 +1,103 @@
+"""Guest programs, perf sessions and the ground truth, through the real processes."""
+import os
+
+import pytest
+
+from common import faults
+from conftest import ROOT, launch
+
+pytestmark = pytest.mark.timeout(300)
+PROGRAMS = os.path.join(ROOT, "guest", "programs")
+
+
+def program_runs(tmp_path, name):
+    proc, results, _ = launch(tmp_path, "--guest-program", os.path.join(PROGRAMS, name),
+                              "--policy", "all", "--host-preset", "small")
+    return proc, {r["policy"]: r for r in results["runs"]}
+
+
+@pytest.mark.parametrize("name", ["exact_count.py", "gp_rules.py"])
+def test_programs_pass_under_every_policy(tmp_path, name):
+    proc, runs = program_runs(tmp_path, name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for run in runs.values():
+        prog = run["guest_program"]
+        assert prog["error"] is None and prog["checks"]
+        assert all(c["passed"] for c in prog["checks"]), prog["checks"]
+        assert run["invariants"]["violations"] == []
+    assert "PASS [always] vcpu 0" in proc.stdout
+
+
+def test_stale_period_of_the_rfc_shows_up_as_spurious_pmis(tmp_path):
+    """No reprogramming in the handler: the RFC keeps the host event's period across the
+    overflow, so it fires again every period while the guest counter does not wrap."""
+    proc, runs = program_runs(tmp_path, "overflow_pmi.py")
+    assert proc.returncode == 1
+    assert runs["oncpu"]["invariants"]["by_kind"].get("spurious_pmi", 0) >= 1
+    for policy in ("always", "reuse", "deferred"):
+        assert runs[policy]["invariants"]["violations"] == [], policy
+        assert all(c["passed"] for c in runs[policy]["guest_program"]["checks"])
+
+
+def test_reload_without_toggle_loses_pmis_on_4_20(tmp_path):
+    """A handler that only rewrites the counter: 4.20 re-created the event with period 0 and
+    never updated it on a counter write; 5.7+ follow the write."""
+    proc, runs = program_runs(tmp_path, "reload_in_handler.py")
+    assert proc.returncode == 1
+    assert runs["always"]["invariants"]["by_kind"].get("missing_pmi", 0) >= 1
+    for policy in ("oncpu", "reuse", "deferred"):
+        assert runs[policy]["invariants"]["violations"] == [], policy
+
+
+def test_a_failing_program_exits_1_with_its_error(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def main(cpu):\n    cpu.check(False, 'deliberate')\n    raise ValueError('boom')\n")
+    proc, results, _ = launch(tmp_path, "--guest-program", str(bad), "--policy", "oncpu",
+                              "--host-preset", "small")
+    assert proc.returncode == 1
+    prog = results["runs"][0]["guest_program"]
+    assert prog["checks"] == [{"name": "deliberate", "passed": False, "detail": "", "vcpu": 0}]
+    assert "ValueError: boom" in prog["error"]
+    assert "FAIL [oncpu] vcpu 0 deliberate" in proc.stdout
+
+
+@pytest.mark.parametrize("fault, kind", [("kvm_drop_pmi", "missing_pmi"),
+                                         ("kvm_late_pmi", "late_pmi"),
+                                         ("kvm_spurious_pmi", "spurious_pmi"),
+                                         ("kvm_count_skew", "count_mismatch"),
+                                         ("kvm_status_skew", "status_mismatch")])
+def test_the_checker_catches_each_kind_of_broken_path(tmp_path, monkeypatch, fault, kind):
+    assert fault in faults.KNOWN
+    monkeypatch.setenv("VPMU_FAULTS", fault)
+    proc, results, _ = launch(tmp_path, "--policy", "oncpu", "--pmis", "5",
+                              "--host-preset", "small", "--max-modeled-ms", "2000")
+    assert proc.returncode == 1, proc.stdout
+    assert results["runs"][0]["invariants"]["by_kind"].get(kind, 0) >= 1
+    assert f"VIOLATION [oncpu] {kind}" in proc.stdout
+
+
+def test_sessions_freq_stat_multiplexing_and_guest_watchdog(tmp_path):
+    proc, results, _ = launch(tmp_path, "--scenario", os.path.join(ROOT, "scenarios",
+                                                                   "multi.toml"),
+                              "--policy", "oncpu,deferred", "--pmis", "40",
+                              "--max-modeled-ms", "600000")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for run in results["runs"]:
+        assert run["vcpus"] == 2 and run["invariants"]["violations"] == []
+        assert run["guest_ticks"] > 0 and run["guest_rotations"] > 0
+        for vcpu in run["guest_events"]:
+            events = {e["name"]: e for e in vcpu["events"]}
+            assert events["watchdog:cycles"]["running_ns"] == events["watchdog:cycles"][
+                "enabled_ns"]
+            assert events["record:cycles"]["samples"] > 0
+            assert 0 < events["stat:llc_refs"]["running_ns"] < events["stat:llc_refs"][
+                "enabled_ns"]
+    a, b = results["runs"]
+    assert a["guest_events"] == b["guest_events"]        # same guest view under both
+
+
+def test_workload_streams_do_not_depend_on_interleaving():
+    from guest.workload import Workload, streams
+    one = [Workload("compute", r, 2.5).next_slice() for r in streams(7, 3)]
+    two = [Workload("compute", r, 2.5).next_slice() for r in reversed(streams(7, 3))][::-1]
+    assert one == two and one[0] != one[1]

@@ -1,0 +1,68 @@
+"""The guest perf driver alone, against a bare-metal PMU (tests/fake_cpu.py)."""
+import pytest
+
+from fake_cpu import FakeCpu
+from guest.driver import MAX_SAMPLES_PER_TICK, GuestEvent, X86Pmu, events_from_sessions
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_fixed_period_sampling_and_exact_counts():
+    cpu = FakeCpu()
+    rec = GuestEvent("record:instructions", "instructions", period=100_000)
+    stat = GuestEvent("stat:branches", "branches")
+    pmu = X86Pmu(cpu, [rec, stat])
+    pmu.start()
+    cpu.retire(1_000_000, {"instructions": 2, "branches": 1})     # 2M instructions
+    pmu.read()
+    assert rec.samples == 20 and pmu.handled == 20
+    assert rec.count == 2_000_000 and stat.count == 1_000_000
+    assert rec.idx == 32 and stat.idx == 0                         # fixed 0 for instructions
+
+
+def test_frequency_mode_converges_to_the_asked_rate():
+    cpu = FakeCpu(ghz=2.5)
+    ev = GuestEvent("record:cycles", "cycles", freq=1000)
+    X86Pmu(cpu, [ev]).start()
+    cpu.retire(2_500_000 * 40)                                     # 40 ms
+    assert ev.sample_period == pytest.approx(2_500_000, rel=0.02)
+    before = ev.samples
+    cpu.retire(2_500_000 * 20)
+    assert ev.samples - before in (19, 20, 21)
+
+
+def test_throttling_caps_samples_per_tick():
+    cpu = FakeCpu(ghz=2.5)
+    ev = GuestEvent("record:cycles", "cycles", period=1000)        # 2.5 M/s > 100 k/s
+    pmu = X86Pmu(cpu, [ev, GuestEvent("f", "branches", freq=10)])  # a freq event: a tick
+    pmu.start()
+    cpu.retire(2_500_000 * 5)
+    assert ev.samples <= 5 * MAX_SAMPLES_PER_TICK + MAX_SAMPLES_PER_TICK
+    assert ev.samples >= 4 * MAX_SAMPLES_PER_TICK
+
+
+def test_more_events_than_counters_are_rotated_and_scaled():
+    cpu = FakeCpu()
+    kinds = ["branches", "branch_misses", "llc_refs", "llc_misses", "branches", "llc_refs"]
+    events = [GuestEvent(f"stat:{k}{i}", k) for i, k in enumerate(kinds)]
+    pmu = X86Pmu(cpu, events)
+    pmu.start()
+    rates = {"branches": 1, "branch_misses": 1, "llc_refs": 1, "llc_misses": 1}
+    cpu.retire(2_500_000 * 40, rates)
+    pmu.read()
+    assert pmu.rotations >= 8
+    for ev in events:
+        assert 0 < ev.running_ns < ev.enabled_ns
+        scaled = ev.count * ev.enabled_ns // ev.running_ns
+        assert scaled == pytest.approx(2_500_000 * 40, rel=0.15)
+
+
+def test_guest_watchdog_takes_fixed_counter_1():
+    cpu = FakeCpu(ghz=2.5)
+    events = events_from_sessions([{"mode": "record", "event": "cycles", "period": 10_000}],
+                                  2.5, watchdog=True)
+    pmu = X86Pmu(cpu, events)
+    pmu.start()
+    wd, rec = events
+    assert wd.watchdog and wd.idx == 33 and rec.idx == 0
+    assert wd.sample_period == 25_000_000_000
