@@ -11,6 +11,10 @@ KNOWN = {
     "kvm_spurious_pmi": "KVM injects an NMI every 40 exits with no overflow (spurious_pmi)",
     "kvm_count_skew": "KVM adds 1 to every counter read (count_mismatch)",
     "kvm_status_skew": "KVM sets bit 1 in every GLOBAL_STATUS read (status_mismatch)",
+    "host_stop_heartbeat": "the host process sends no heartbeat (stuck)",
+    "kvm_stop_heartbeat": "the KVM process sends no heartbeat (stuck)",
+    "guest_stop_heartbeat": "the guest process sends no heartbeat (stuck)",
+    "ignore_shutdown": "a process ignores SHUTDOWN and SIGTERM (the launcher must SIGKILL)",
 }
 _ACTIVE = frozenset(f for f in os.environ.get("VPMU_FAULTS", "").split(",") if f)
 _UNKNOWN = _ACTIVE - set(KNOWN)

@@ -15,7 +15,8 @@ import msgpack
 
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 0
-MAX_FRAME_BYTES = 1 << 20
+MAX_FRAME_BYTES = 16 << 20        # reports of the run's processes to the launcher
+MAX_LINK_FRAME_BYTES = 256 << 10  # perf calls, exits, entries: small by construction
 
 
 class MsgType(str, enum.Enum):
@@ -46,7 +47,7 @@ class ProtocolError(Exception):
     """A frame that cannot be accepted; ``kind`` is one of KINDS."""
 
     KINDS = ("not_msgpack", "oversized", "not_a_map", "bad_version", "unknown_type",
-             "missing_field", "wrong_type", "bad_seq")
+             "missing_field", "wrong_type", "bad_seq", "unknown_peer")
 
     def __init__(self, kind: str, detail: str):
         assert kind in self.KINDS, kind
@@ -108,6 +109,7 @@ class Report:
 @dataclasses.dataclass
 class Shutdown:
     reason: str
+    failed: bool = False           # the run was aborted: exit non-zero after logging why
 
 
 @dataclasses.dataclass
@@ -223,10 +225,10 @@ def encode(body: typing.Any, seq: int) -> bytes:
                           "s": seq, "b": dataclasses.asdict(body)}, use_bin_type=True)
 
 
-def decode(frame: bytes) -> Message:
+def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:
     """Decode one frame strictly; raise ProtocolError naming what is wrong."""
-    if len(frame) > MAX_FRAME_BYTES:
-        raise ProtocolError("oversized", f"{len(frame)} bytes > {MAX_FRAME_BYTES}")
+    if len(frame) > max_bytes:
+        raise ProtocolError("oversized", f"{len(frame)} bytes > {max_bytes}")
     try:
         obj = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for bad input

@@ -10,14 +10,16 @@ import argparse
 import logging
 import os
 import signal
+import threading
 import time
 
 import zmq
 
-from common import logsetup, schema, transport
+from common import faults, logsetup, schema, security, transport
 from common.schema import MsgType
 
 HEARTBEAT_S = 0.5
+EXIT_PEER_LOST = 5
 
 
 def arg_parser(role: str) -> argparse.ArgumentParser:
@@ -32,6 +34,11 @@ def arg_parser(role: str) -> argparse.ArgumentParser:
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--exit-with-parent", action="store_true",
                     help="exit when the process that started this one is gone")
+    ap.add_argument("--keys", help="CurveZMQ keys of the run (tcp); without it sockets are plain")
+    ap.add_argument("--insecure", action="store_true",
+                    help="tcp without CurveZMQ, on purpose (--insecure-tcp of the launcher)")
+    ap.add_argument("--lost-after", type=float, default=2.0,
+                    help="seconds without a heartbeat after which the launcher is declared lost")
     return ap
 
 
@@ -41,15 +48,21 @@ class Service:
         os.makedirs(args.run_dir, exist_ok=True)
         self.log = logsetup.setup(args.name, args.run_dir, args.log_level)
         self.ctx = zmq.Context()
+        self.security = security.Security(args.keys, args.name, self.ctx)
+        if args.insecure:
+            self.log.warning("INSECURE: tcp without CurveZMQ (--insecure-tcp): anyone who "
+                             "reaches these ports can talk to this process")
         self.control = transport.Channel(transport.socket(self.ctx, zmq.DEALER, args.name))
+        self.security.client(self.control.sock, "launcher")
         self.control.sock.connect(args.control)
         self.parent = os.getppid() if args.exit_with_parent else None
         self.stopping = False
         self.errors = transport.ErrorLog(self.log)
         self.progress = 0
-        self._last_beat = 0.0
+        self.heartbeat = Heartbeat(self, args.control, args.lost_after)
+        self.deaf = faults.active("ignore_shutdown")
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, signal.SIG_IGN if self.deaf else self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         self.stopping = True
@@ -57,7 +70,9 @@ class Service:
     def hello(self, endpoints: dict) -> None:
         self.control.send(schema.Hello(self.role, self.name, os.getpid(), endpoints))
         transport.wait_for(self.control, MsgType.WELCOME, transport.DEFAULT_TIMEOUT_S)
-        self.log.info("READY %s pid %d endpoints %s", self.name, os.getpid(), endpoints)
+        self.heartbeat.start()
+        self.log.info("READY %s pid %d endpoints %s%s", self.name, os.getpid(), endpoints,
+                      " (CurveZMQ)" if self.security.enabled else "")
 
     def send(self, body) -> None:
         self.control.send(body)
@@ -72,11 +87,11 @@ class Service:
         while not self.stopping:
             if self.parent is not None and os.getppid() != self.parent:
                 self.log.error("launcher (pid %d) is gone: exiting", self.parent)
-                return 3
-            now = time.monotonic()
-            if now - self._last_beat >= HEARTBEAT_S:
-                self.send(schema.Heartbeat(self.progress))
-                self._last_beat = now
+                return EXIT_PEER_LOST
+            if self.heartbeat.lost:
+                self.log.error("launcher lost: no heartbeat for %.1f s; exiting",
+                               self.heartbeat.lost_after)
+                return EXIT_PEER_LOST
             ready = dict(poller.poll(int(HEARTBEAT_S * 1000)))
             if extra is not None and extra in ready:
                 on_extra()
@@ -86,8 +101,14 @@ class Service:
                 except schema.ProtocolError as exc:
                     self.errors.record(exc.kind, exc.detail, "launcher")
                     continue
+                if msg.type == MsgType.SHUTDOWN and self.deaf:
+                    continue
                 if msg.type == MsgType.SHUTDOWN:
-                    self.log.info("shutdown: %s", msg.body.reason)
+                    if msg.body.failed:
+                        self.log.error("run aborted by the launcher: %s", msg.body.reason)
+                        code = EXIT_PEER_LOST
+                    else:
+                        self.log.info("shutdown: %s", msg.body.reason)
                     break
                 if msg.type in (MsgType.HEARTBEAT, MsgType.WELCOME):
                     continue
@@ -103,6 +124,45 @@ class Service:
         return code
 
     def close(self) -> None:
+        self.heartbeat.stop.set()
+        if self.heartbeat.is_alive():
+            self.heartbeat.join(2)
+        if self.errors.counts:
+            self.log.info("protocol errors received, by class: %s", self.errors.counts)
         self.control.close()
+        self.security.stop()
         self.ctx.term()
         logging.shutdown()
+
+
+class Heartbeat(threading.Thread):
+    """Heartbeats to and from the launcher on a link of their own, so that a busy process and a
+    dead one look different: each beat carries the process's progress."""
+
+    def __init__(self, svc: Service, control_ep: str, lost_after: float):
+        super().__init__(name="heartbeat", daemon=True)
+        self.svc, self.lost_after = svc, lost_after
+        self.chan = transport.Channel(transport.socket(svc.ctx, zmq.DEALER, f"{svc.name}.hb"))
+        svc.security.client(self.chan.sock, "launcher")
+        self.chan.sock.connect(control_ep)
+        self.stop = threading.Event()
+        self.lost = False
+        self.silenced = faults.active(f"{svc.role}_stop_heartbeat")
+
+    def run(self) -> None:
+        last_seen = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                if not self.silenced:
+                    self.chan.send(schema.Heartbeat(self.svc.progress))
+                deadline = time.monotonic() + HEARTBEAT_S
+                while time.monotonic() < deadline and not self.stop.is_set():
+                    try:
+                        self.chan.recv(max(0.0, deadline - time.monotonic()), self.stop)
+                        last_seen = time.monotonic()
+                    except (transport.PeerLost, transport.Stopped, schema.ProtocolError):
+                        pass
+                if time.monotonic() - last_seen > self.lost_after:
+                    self.lost = True
+        finally:
+            self.chan.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import zmq
@@ -13,6 +14,10 @@ DEFAULT_TIMEOUT_S = 10.0
 
 class PeerLost(Exception):
     """A peer did not answer within the time it was given."""
+
+
+class Stopped(Exception):
+    """This side was told to stop while it waited."""
 
 
 def socket(ctx: zmq.Context, kind: int, identity: str | None = None) -> zmq.Socket:
@@ -65,10 +70,15 @@ class Channel:
     On a ROUTER every peer is a separate link; on a DEALER there is one link (peer b"").
     """
 
-    def __init__(self, sock: zmq.Socket):
+    def __init__(self, sock: zmq.Socket, max_bytes: int = schema.MAX_LINK_FRAME_BYTES,
+                 big_peers: dict[bytes, int] | None = None):
         self.sock = sock
         self.router = sock.type == zmq.ROUTER
         self.seq = schema.SeqCounter()
+        self.max_bytes = max_bytes
+        self.big_peers = big_peers or {}                   # peers allowed larger frames
+        largest = max([max_bytes, *self.big_peers.values()])
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 * largest)       # past that zmq drops the peer
 
     def send(self, body, peer: bytes = b"") -> None:
         frame = schema.encode(body, self.seq.next_out(peer))
@@ -77,17 +87,25 @@ class Channel:
         else:
             self.sock.send(frame)
 
-    def recv(self, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[bytes, schema.Message]:
+    def recv(self, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+             stop: "threading.Event | None" = None) -> tuple[bytes, schema.Message]:
         """Wait for one frame; raise PeerLost on timeout and ProtocolError (with ``.peer``) on
         a bad frame, which has then been consumed."""
-        if timeout_s is not None and not self.sock.poll(int(timeout_s * 1000)):
+        if stop is not None:                   # wait in slices, giving up when told to stop
+            deadline = time.monotonic() + (timeout_s or 1e9)
+            while not self.sock.poll(50):
+                if stop.is_set():
+                    raise Stopped("stopped while waiting for a peer")
+                if time.monotonic() > deadline:
+                    raise PeerLost(f"nothing received in {timeout_s:.1f} s")
+        elif timeout_s is not None and not self.sock.poll(int(timeout_s * 1000)):
             raise PeerLost(f"nothing received in {timeout_s:.1f} s")
         parts = self.sock.recv_multipart()
         peer, frame = (parts[0], parts[-1]) if self.router else (b"", parts[-1])
         try:
             if len(parts) != (2 if self.router else 1):
                 raise schema.ProtocolError("wrong_type", f"{len(parts)} frames in one message")
-            msg = schema.decode(frame)
+            msg = schema.decode(frame, self.big_peers.get(peer, self.max_bytes))
             self.seq.check_in(msg.seq, peer)
         except schema.ProtocolError as exc:
             exc.peer = peer

@@ -23,8 +23,9 @@ class RunStopped(Exception):
 
 class GuestCpu:
     def __init__(self, chan: transport.Channel, index: int, nr_vcpus: int, workload: Workload,
-                 oracle: Oracle, max_exits: int):
+                 oracle: Oracle, max_exits: int, stop=None):
         self.chan = chan
+        self.stop = stop
         self.index, self.nr_vcpus = index, nr_vcpus
         self.workload = workload
         self.oracle = oracle
@@ -55,7 +56,7 @@ class GuestCpu:
         self.unsent.clear()
         self.exits[reason] += 1
         while True:
-            _, msg = self.chan.recv()
+            _, msg = self.chan.recv(transport.DEFAULT_TIMEOUT_S, self.stop)
             if msg.type == MsgType.INJECT:
                 if msg.body.kind == "nmi":
                     self.pending_nmi = True

@@ -24,8 +24,9 @@ STOP_JOIN_S = 2.0
 
 class GuestVcpu(threading.Thread):
     def __init__(self, ctx: zmq.Context, index: int, nr: int, endpoint: str, cfg: dict, rng,
-                 go: threading.Event):
+                 go: threading.Event, security, kvm_name: str):
         super().__init__(name=f"guest-vcpu{index}", daemon=True)
+        self.security, self.kvm_name = security, kvm_name
         self.ctx, self.index, self.nr, self.endpoint, self.cfg = ctx, index, nr, endpoint, cfg
         self.rng, self.go = rng, go
         self.connected = threading.Event()
@@ -39,6 +40,7 @@ class GuestVcpu(threading.Thread):
     def run(self) -> None:
         logsetup.set_context(self.index, None)
         chan = transport.Channel(transport.socket(self.ctx, zmq.DEALER, f"guest-vcpu{self.index}"))
+        self.security.client(chan.sock, self.kvm_name)
         done = self.ctx.socket(zmq.PUSH)
         done.setsockopt(zmq.LINGER, 0)
         done.connect(DONE_EP)
@@ -51,6 +53,9 @@ class GuestVcpu(threading.Thread):
                 if self.stop.is_set():
                     return
             self.reason = self.drive(chan)
+        except transport.Stopped:
+            self.reason = "stopped"
+            log.info("guest vCPU stopped while waiting for KVM")
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             self.reason = "error"
@@ -69,7 +74,8 @@ class GuestVcpu(threading.Thread):
         oracle.vcpu = self.index
         topo = preset(self.cfg["host"]["preset"])
         workload = Workload(g["workload"], self.rng, topo.ghz)
-        cpu = self.cpu = GuestCpu(chan, self.index, self.nr, workload, oracle, run["max_exits"])
+        cpu = self.cpu = GuestCpu(chan, self.index, self.nr, workload, oracle, run["max_exits"],
+                                  self.stop)
         if run["guest_program"]:
             reason = self.run_program(cpu, run["guest_program"])
         else:
@@ -158,7 +164,8 @@ class Guest:
         self.go = threading.Event()
         eps = peers["vcpus"]
         rngs = streams(cfg["run"]["seed"], len(eps))
-        self.threads = [GuestVcpu(self.svc.ctx, i, len(eps), ep, cfg, rngs[i], self.go)
+        self.threads = [GuestVcpu(self.svc.ctx, i, len(eps), ep, cfg, rngs[i], self.go,
+                                  self.svc.security, peers["kvm"])
                         for i, ep in enumerate(eps)]
         for t in self.threads:
             t.start()

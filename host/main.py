@@ -23,6 +23,7 @@ class HostServer:
         self.chan = chan
         self.errors = errors
         self.perf: HostPerf | None = None
+        self.links: set[bytes] = set()
 
     def configure(self, cfg: dict) -> None:
         host = cfg["host"]
@@ -33,6 +34,7 @@ class HostServer:
         self.params = costs.resolve(cfg["costs"])
         self.op_costs: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         self.chan.seq = schema.SeqCounter()
+        self.links = set()
         log.info("configured %s, watchdog %s, %d host pinned events per pCPU",
                  self.topo.describe(), "on" if host["watchdog"] else "off", host["host_pinned"])
 
@@ -43,9 +45,13 @@ class HostServer:
             self.errors.record(exc.kind, exc.detail, exc.peer.decode(errors="replace"))
             self.chan.send(schema.Error(exc.kind, exc.detail), exc.peer)
             return
-        if msg.type == MsgType.HELLO:
+        if msg.type == MsgType.HELLO and msg.body.role == "vcpu":
             log.info("vCPU link %s connected (pid %d)", msg.body.name, msg.body.pid)
+            self.links.add(peer)
             self.chan.send(schema.Welcome("host"), peer)
+        elif msg.type == MsgType.PERF_CALL and peer not in self.links:
+            self.errors.record("unknown_peer", "perf call before hello", peer.decode("latin1"))
+            self.chan.send(schema.Error("unknown_peer", "say hello first", msg.body.id), peer)
         elif msg.type == MsgType.PERF_CALL and self.perf is not None:
             self.perf_call(peer, msg.body)
         else:
@@ -93,7 +99,7 @@ class HostServer:
             result = perf.call(owner, call.op, call.args, ledger)
         except (PerfError, KeyError, TypeError, ValueError) as exc:
             ok, error = False, f"{call.op}: {exc}"
-            log.warning("perf call %s from %s refused: %s", call.op, owner, exc)
+            self.errors.record("perf_refused", f"{call.op}: {exc}", owner)
         target = str(call.args.get("handle", result.get("handle", "")))
         for handle, oncpu in perf.oncpu(owner).items():
             if handle != target and before.get(handle, oncpu) != oncpu:
@@ -128,6 +134,7 @@ def main(argv=None) -> int:
     chan = transport.Channel(transport.socket(svc.ctx, zmq.ROUTER))
     server = HostServer(chan, svc.errors)
     try:
+        svc.security.server(chan.sock)
         endpoint = transport.bind(chan.sock, args.listen)
         svc.hello({"perf": endpoint})
 

@@ -27,7 +27,8 @@ class Vm:
         topo = preset(cfg["host"]["preset"])
         vcfg = dict(cfg, ghz=topo.ghz)
         self.threads = [VcpuThread(self.svc.ctx, self.svc.name.removeprefix("kvm-"), i, pcpu, run,
-                                   policy, vcfg, peers["perf"], self.listen_base, topo)
+                                   policy, vcfg, peers["perf"], self.listen_base, topo,
+                                   self.svc.security)
                         for i, pcpu in enumerate(config.vcpu_pins(cfg))]
         for t in self.threads:
             t.start()
@@ -41,12 +42,21 @@ class Vm:
         return {"vcpus": [t.endpoint for t in self.threads]}
 
     def finish(self) -> dict:
+        """Every vCPU has finished (or the run is being aborted): stop and join the threads."""
+        for t in self.threads:
+            t.stop.set()
         for t in self.threads:
             t.join(transport.DEFAULT_TIMEOUT_S)
         reports = [t.report() for t in self.threads]
+        errors = {}
+        for t in self.threads:
+            for kind, n in t.errors.counts.items():
+                errors[kind] = errors.get(kind, 0) + n
+        if errors:
+            log.info("protocol errors on the guest links, by class: %s", errors)
         for r in reports:
             log.info("vCPU %d summary: exits %d, handle_event %d, overflows %d, injected %d",
-                     r["vcpu"], sum(r["exits"].values()), len(r["handle_event"]["modeled_ns"]),
+                     r["vcpu"], sum(r["exits"].values()), r["handle_event"]["modeled_ns"]["count"],
                      r["overflows"], r["injected"])
         return {"vcpus": reports}
 

@@ -16,6 +16,7 @@ import zmq
 
 from common import costs, faults, logsetup, msr, schema, transport
 from common.costs import Ledger
+from common.stats import Samples
 from common.schema import MsgType
 from kvm.migrate import Migrator
 from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu, PerfCallRefused
@@ -25,16 +26,20 @@ log = logging.getLogger("kvm")
 PERF_API_OPS = ("create", "release", "read", "pause", "period", "enable", "disable")
 
 
+class LinkBroken(Exception):
+    """The link to the host lost, reordered or garbled a message: the run cannot be trusted."""
+
+
 class HostLink:
     """The vCPU's perf API over its link to the host, and the budget the host hands out."""
 
     def __init__(self, chan: transport.Channel, name: str, ledger: Ledger, params: dict,
-                 errors: transport.ErrorLog):
+                 stop: threading.Event):
         self.chan = chan
         self.name = name
         self.ledger = ledger
         self.params = params
-        self.errors = errors
+        self.stop = stop
         self.pmu: KvmPmu | None = None
         self.pending: collections.Counter = collections.Counter()   # retired, not yet sent
         self.budget: dict[str, int] = {}
@@ -51,10 +56,11 @@ class HostLink:
         self.pending.clear()
         while True:
             try:
-                _, msg = self.chan.recv(self.timeout_s)
-            except schema.ProtocolError as exc:
-                self.errors.record(exc.kind, exc.detail, "host")
-                continue
+                _, msg = self.chan.recv(self.timeout_s, self.stop)
+            except schema.ProtocolError as exc:     # only the host sends here: a broken link
+                raise LinkBroken(f"link to the host: {exc}") from None
+            except transport.PeerLost:
+                raise LinkBroken(f"host did not answer {op} in {self.timeout_s:.0f} s") from None
             if msg.type == MsgType.OVERFLOW:
                 self.pmu.perf_overflow(msg.body.context)
                 continue
@@ -63,8 +69,8 @@ class HostLink:
                 continue
             if msg.type == MsgType.PERF_REPLY and msg.body.id == call_id:
                 return self._take_reply(msg.body)
-            self.errors.record("unknown_type", f"{msg.type.value} while waiting for call "
-                               f"{call_id}", "host")
+            raise LinkBroken(f"link to the host: {msg.type.value} while waiting for reply "
+                             f"{call_id}")
 
     def _take_reply(self, reply: schema.PerfReply) -> dict:
         for name, times in reply.ledger.items():
@@ -91,9 +97,11 @@ class HostLink:
 
 class VcpuThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
-                 policy, cfg: dict, host_ep: str, listen_base: str, topo):
+                 policy, cfg: dict, host_ep: str, listen_base: str, topo, security):
         super().__init__(name=f"{vm}-vcpu{index}", daemon=True)
         self.ctx, self.vm, self.index, self.pcpu, self.run_id = ctx, vm, index, pcpu, run
+        self.security = security
+        self.guest_peer: bytes | None = None
         self.policy, self.cfg, self.host_ep = policy, cfg, host_ep
         self.listen = transport.vcpu_endpoint(listen_base, run, index)
         self.endpoint = ""
@@ -106,8 +114,8 @@ class VcpuThread(threading.Thread):
         self.next_tick = self.slice_ns
         self.nmi_started: tuple[int, int] | None = None   # (wall ns, modeled ns) at injection
         self.nmi_last: tuple[int, int] | None = None
-        self.nmi_measured: list[int] = []
-        self.nmi_modeled: list[int] = []
+        self.nmi_measured = Samples(index)
+        self.nmi_modeled = Samples(index)
         self.stats = collections.Counter()
         self.migrations: collections.Counter = collections.Counter()
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
@@ -121,8 +129,8 @@ class VcpuThread(threading.Thread):
         self.guest_ns = 0
         self.nmi_pending = False
         self.exits: collections.Counter = collections.Counter()
-        self.he_measured: list[int] = []
-        self.he_modeled: list[int] = []
+        self.he_measured = Samples(index)
+        self.he_modeled = Samples(index)
         self.he_ledger = Ledger()
         self.injected = 0
         self.nmi_blocked = False
@@ -137,11 +145,13 @@ class VcpuThread(threading.Thread):
         try:
             host = transport.Channel(transport.socket(self.ctx, zmq.DEALER,
                                                       f"{self.vm}/vcpu{self.index}"))
+            self.security.client(host.sock, "host")
             host.sock.connect(self.host_ep)
             guest = transport.Channel(transport.socket(self.ctx, zmq.ROUTER))
+            self.security.server(guest.sock)
             self.endpoint = transport.bind(guest.sock, self.listen)
             self.host = HostLink(host, f"{self.vm}/vcpu{self.index}", self.ledger, self.params,
-                                 self.errors)
+                                 self.stop)
             self.pmu = KvmPmu(self.host, self.policy, ledger=self.ledger)
             self.host.pmu = self.pmu
             host.send(schema.Hello("vcpu", self.host.name, os.getpid()))
@@ -152,6 +162,11 @@ class VcpuThread(threading.Thread):
                      "policy %s", threading.get_native_id(), self.affinity.get("cpus", "any"),
                      self.endpoint, self.host_ep, self.policy.name)
             self.serve(guest)
+        except transport.Stopped:
+            log.info("vCPU thread stopped")
+        except LinkBroken as exc:
+            self.failure = str(exc)
+            log.error("vCPU thread failed: %s", exc)
         except Exception as exc:  # the thread's failure is reported by the process
             self.failure = f"{type(exc).__name__}: {exc}"
             log.exception("vCPU thread failed")
@@ -205,8 +220,14 @@ class VcpuThread(threading.Thread):
                 self.errors.record(exc.kind, exc.detail, "guest")
                 guest.send(schema.Error(exc.kind, exc.detail), exc.peer)
                 continue
-            if msg.type == MsgType.HELLO:
+            if self.guest_peer is None and msg.type == MsgType.HELLO:
+                self.guest_peer = peer                # the one guest vCPU of this thread
                 guest.send(schema.Welcome(self.host.name), peer)
+                continue
+            if peer != self.guest_peer:
+                self.errors.record("unknown_peer", f"{msg.type.value} from a stranger",
+                                   peer.decode("latin1"))
+                guest.send(schema.Error("unknown_peer", "this vCPU has its guest", msg.seq), peer)
                 continue
             if msg.type != MsgType.EXIT:
                 self.errors.record("unknown_type", msg.type.value, "guest")
@@ -289,8 +310,8 @@ class VcpuThread(threading.Thread):
             self.nmi_last = (time.perf_counter_ns(), self.host.now_ns)
             return
         end = self.nmi_last or self.nmi_started
-        self.nmi_measured.append(end[0] - self.nmi_started[0])
-        self.nmi_modeled.append(end[1] - self.nmi_started[1])
+        self.nmi_measured.add(end[0] - self.nmi_started[0])
+        self.nmi_modeled.add(end[1] - self.nmi_started[1])
         self.nmi_started = self.nmi_last = None
 
     # --- entry ----------------------------------------------------------------------------------
@@ -337,22 +358,23 @@ class VcpuThread(threading.Thread):
         t0 = time.perf_counter_ns()
         self.ledger.charge("clock_read")       # the timed window holds one clock read
         self.pmu.handle_event()
-        self.he_measured.append(time.perf_counter_ns() - t0)
+        self.he_measured.add(time.perf_counter_ns() - t0)
         spent = Ledger(self.ledger)
         spent.subtract(before)
         spent = Ledger({k: v for k, v in spent.items() if v})
         self.he_ledger.update(spent)
-        self.he_modeled.append(spent.total(self.params))
+        self.he_modeled.add(spent.total(self.params))
         self.sync_clock()
 
     # --- report -----------------------------------------------------------------------------------
 
     def report(self) -> dict:
         total_ns = self.guest_ns + self.ledger.total(self.params)
-        calls = len(self.he_modeled)
+        calls = self.he_modeled.count
         return {
             "vcpu": self.index, "pcpu": self.pcpu, "failure": self.failure,
-            "handle_event": {"measured_ns": self.he_measured, "modeled_ns": self.he_modeled,
+            "handle_event": {"measured_ns": self.he_measured.to_dict(),
+                             "modeled_ns": self.he_modeled.to_dict(),
                              "by_reason": dict(self.pmu.stats["handle_event"]),
                              "modeled_by_param": {k: v * self.params[k] / calls
                                                   for k, v in self.he_ledger.items()}
@@ -368,7 +390,8 @@ class VcpuThread(threading.Thread):
             "oncpu_disagreements": self.stats["oncpu_disagreements"],
             "affinity": self.affinity,
             "entry_retries": self.stats["entry_retries"],
-            "nmi_handler": {"measured_ns": self.nmi_measured, "modeled_ns": self.nmi_modeled},
+            "nmi_handler": {"measured_ns": self.nmi_measured.to_dict(),
+                            "modeled_ns": self.nmi_modeled.to_dict()},
             "exits": dict(self.exits),
             "gp_faults": self.pmu.stats["gp_faults"],
             "modeled_total_ns": total_ns, "modeled_guest_ns": self.guest_ns,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,18 +25,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from common import config, costs, schema, transport  # noqa: E402
+from common import config, costs, logsetup, schema, security, transport  # noqa: E402
 from common.schema import MsgType  # noqa: E402
 from common.topology import preset  # noqa: E402
 
 import report  # noqa: E402
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
+LOG = logging.getLogger("launcher")
 ROLES = ("host", "kvm", "guest")
 
 
 class LaunchError(Exception):
     """A failure a person must see: which process, what it was doing, the tail of its log."""
+
+    def __init__(self, message: str, lost: str | None = None):
+        super().__init__(message)
+        self.lost = lost
 
 
 def parse_args(argv):
@@ -84,6 +90,12 @@ def parse_args(argv):
     ap.add_argument("--external", default="", metavar="ROLE[,ROLE]",
                     help="do not start these processes (host, kvm, guest): print their command "
                     "lines and wait for them to connect, e.g. from other machines over tcp")
+    ap.add_argument("--insecure-tcp", action="store_true",
+                    help="over tcp, do not use CurveZMQ (every process logs that it is insecure)")
+    ap.add_argument("--lost-after", type=float, default=2.0, metavar="S",
+                    help="seconds without a heartbeat after which a process is declared lost")
+    ap.add_argument("--host-addr", metavar="ADDR", help="address the host process binds (tcp)")
+    ap.add_argument("--kvm-addr", metavar="ADDR", help="address the KVM process binds (tcp)")
     ap.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
                     help="address the launcher's control socket (and, over tcp, the processes "
                     "it starts) bind to; use a reachable address with --external")
@@ -171,26 +183,43 @@ class Child:
 
 
 class Launcher:
-    def __init__(self, cfg: dict, run_dir: str, external: tuple[str, ...] = (),
-                 bind_addr: str = "127.0.0.1"):
+    def __init__(self, cfg: dict, run_dir: str, args):
         self.cfg = cfg
         self.run_dir = run_dir
         self.sock_dir = tempfile.mkdtemp(prefix="vpmu-")       # short, private (0700)
         self.interrupted = False
+        self.lost_after = args.lost_after
         self.ctx = zmq.Context()
-        self.control = transport.Channel(transport.socket(self.ctx, zmq.ROUTER))
         tcp = cfg["run"]["transport"] == "tcp"
+        keys = security.generate(run_dir) if tcp and not args.insecure_tcp else None
+        self.security = security.Security(keys, "launcher", self.ctx)
+        self.control = transport.Channel(   # only the run's processes may send large reports
+            transport.socket(self.ctx, zmq.ROUTER), big_peers={
+                n.encode(): schema.MAX_FRAME_BYTES for n in ("host", "kvm-vm0", "guest-vm0")})
+        self.security.server(self.control.sock)
+        self.errors = transport.ErrorLog(LOG)
+        bind_addr = args.bind
         self.control_ep = transport.bind(
             self.control.sock, f"tcp://{bind_addr}:*" if tcp else f"ipc://{self.sock_dir}/control")
-        listen = {"host": f"tcp://{bind_addr}:{free_port(bind_addr)}" if tcp else
+        host_addr, kvm_addr = args.host_addr or bind_addr, args.kvm_addr or bind_addr
+        listen = {"host": f"tcp://{host_addr}:{free_port(host_addr)}" if tcp else
                   f"ipc://{self.sock_dir}/host",
-                  "kvm": f"tcp://{bind_addr}:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
+                  "kvm": f"tcp://{kvm_addr}:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
+        external = tuple(r.strip() for r in args.external.split(",") if r.strip())
+        self.beats: dict[str, float] = {}          # name -> when its last heartbeat came
+        self.lost: set[str] = set()                 # processes already known dead or silent
+        self.next_beat = 0.0
         self.children = {}                       # the processes this launcher starts and owns
         self.external = {}                       # name -> command to run by hand elsewhere
         for role, name in (("host", "host"), ("kvm", "kvm-vm0"), ("guest", "guest-vm0")):
-            cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name]
+            cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name,
+                   "--lost-after", str(args.lost_after)]
             if role in listen:
                 cmd += ["--listen", listen[role]]
+            if keys:
+                cmd += ["--keys", keys]
+            elif tcp:
+                cmd += ["--insecure"]
             if role in external:
                 self.external[name] = [f"vpmu-{role}", *cmd]
             else:
@@ -210,11 +239,12 @@ class Launcher:
         for name, cmd in self.external.items():
             print(f"  waiting for {name}; start it (with its own --listen address where it binds "
                   f"one) as:\n    {' '.join(cmd)}", flush=True)
-        waiting = set(self.children) | set(self.external)
+        waiting = set(self.members)
         while waiting:
             name, msg = self.expect(MsgType.HELLO, waiting, 600 if self.external else 20)
             waiting.discard(name)
             self.endpoints[name] = msg.body.endpoints
+            self.beats[name] = time.monotonic()
             self.control.send(schema.Welcome(name), name.encode())
 
     def expect(self, wanted: MsgType, senders: set[str], timeout_s: float,
@@ -224,26 +254,65 @@ class Launcher:
         while True:
             if self.interrupted and interruptible:
                 raise KeyboardInterrupt
-            for child in self.children.values():
-                if not child.alive():
-                    raise LaunchError(f"process died while waiting for {wanted.value}:\n"
-                                      + child.describe_end())
+            self.watch(wanted)
             if time.monotonic() > deadline:
                 raise LaunchError(f"no {wanted.value} from {', '.join(sorted(senders))} within "
                                   f"{timeout_s:.0f} s; logs are in {self.run_dir}")
             try:
-                peer, msg = self.control.recv(0.2)
+                peer, msg = self.control.recv(0.1)
             except transport.PeerLost:
                 continue
             except schema.ProtocolError as exc:
-                print(f"launcher: bad control frame: {exc}", file=sys.stderr)
+                self.errors.record(exc.kind, exc.detail, exc.peer.decode("latin1"))
+                self.reply_error(exc.peer, exc.kind, exc.detail)
                 continue
-            name = peer.decode()
+            name = peer.decode("latin1")
+            if name.endswith(".hb") and name[:-3] in self.members:
+                if msg.type == MsgType.HEARTBEAT:
+                    self.beats[name[:-3]] = time.monotonic()
+                continue
+            if name not in self.members:
+                self.errors.record("unknown_peer", msg.type.value, name)
+                self.reply_error(peer, "unknown_peer", "not a member of this run")
+                continue
             if msg.type == MsgType.ERROR:
                 raise LaunchError(f"{name} failed: {msg.body.detail}\n"
-                                  + self.children[name].tail())
+                                  + (self.children[name].tail() if name in self.children
+                                     else ""))
             if msg.type == wanted and name in senders:
                 return name, msg
+
+    @property
+    def members(self) -> set[str]:
+        return set(self.children) | set(self.external)
+
+    def reply_error(self, peer: bytes, kind: str, detail: str) -> None:
+        try:
+            self.control.send(schema.Error(kind, detail), peer)
+        except zmq.ZMQError:
+            pass                                     # gone already
+
+    def watch(self, waiting_for: MsgType) -> None:
+        """Heartbeats to every process; a process that died or went silent ends the run."""
+        for child in self.children.values():
+            if not child.alive() and child.name not in self.lost:
+                raise LaunchError(f"process died while waiting for {waiting_for.value}:\n"
+                                  + child.describe_end(), lost=child.name)
+        now = time.monotonic()
+        for name, seen in self.beats.items():
+            if now - seen > self.lost_after and name not in self.lost:
+                state = ("still running" if name not in self.children
+                         or self.children[name].alive() else "dead")
+                raise LaunchError(f"{name} stopped answering: no heartbeat for "
+                                  f"{now - seen:.1f} s (process {state}); logs are in "
+                                  f"{self.run_dir}", lost=name)
+        if now >= self.next_beat:
+            self.next_beat = now + 0.5
+            for name in self.beats:
+                try:
+                    self.control.send(schema.Heartbeat(0), f"{name}.hb".encode())
+                except zmq.ZMQError:
+                    pass
 
     def configure(self, name: str, run: int, cfg: dict, peers: dict) -> dict:
         self.control.send(schema.Configure(run, cfg, peers), name.encode())
@@ -254,7 +323,7 @@ class Launcher:
         t0 = time.monotonic()
         host_eps = self.configure("host", run, cfg, {})
         kvm_eps = self.configure("kvm-vm0", run, cfg, {"perf": host_eps["perf"]})
-        self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"]})
+        self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"], "kvm": "kvm-vm0"})
         self.control.send(schema.Start(run), b"guest-vm0")
         try:
             reason = self.expect(MsgType.DONE, {"guest-vm0"},
@@ -272,11 +341,27 @@ class Launcher:
         if reason == "interrupted":
             raise KeyboardInterrupt
 
-    def shutdown(self, reason: str) -> dict[str, int]:
+    def collect_partial(self, run: int, lost: str | None) -> dict:
+        """After a failure: what the processes still alive counted so far."""
+        reports = {}
+        if lost:
+            self.lost.add(lost)
+        for name in self.members - self.lost:
+            if name in self.children and not self.children[name].alive():
+                continue
+            try:
+                self.control.send(schema.Finish(run), name.encode())
+                reports[name] = self.expect(MsgType.REPORT, {name}, 5,
+                                            interruptible=False)[1].body.stats
+            except (LaunchError, zmq.ZMQError):
+                continue
+        return reports
+
+    def shutdown(self, reason: str, failed: bool) -> dict[str, int]:
         """The ladder: SHUTDOWN, wait; SIGTERM to each group, wait; SIGKILL; reap."""
         for name in [*self.external, *(n for n, c in self.children.items() if c.alive())]:
             try:
-                self.control.send(schema.Shutdown(reason), name.encode())
+                self.control.send(schema.Shutdown(reason, failed), name.encode())
             except zmq.ZMQError:
                 pass                         # never said hello: signals will do
         for sig, wait_s in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 1.0)):
@@ -291,7 +376,11 @@ class Launcher:
             if child.proc is not None:
                 child.signal_group(signal.SIGKILL)
                 codes[name] = child.proc.wait()
+        if self.errors.counts:
+            print(f"launcher: protocol errors on the control socket, by class: "
+                  f"{self.errors.counts}", file=sys.stderr)
         self.control.close()
+        self.security.stop()
         self.ctx.term()
         shutil.rmtree(self.sock_dir, ignore_errors=True)
         return codes
@@ -325,12 +414,12 @@ def main(argv=None) -> int:
     if args.explain_costs:
         print(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
     run_dir = new_run_dir(args.out)
+    logsetup.setup("launcher", run_dir)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
-    external = tuple(r.strip() for r in args.external.split(",") if r.strip())
-    if any(r not in ROLES for r in external):
+    if any(r.strip() not in ROLES for r in args.external.split(",") if r.strip()):
         print(f"launch: --external takes roles among {', '.join(ROLES)}", file=sys.stderr)
         return EXIT_ERROR
-    launcher = Launcher(cfg, run_dir, external, args.bind)
+    launcher = Launcher(cfg, run_dir, args)
 
     def on_signal(signum, frame):
         launcher.interrupted = True
@@ -357,8 +446,12 @@ def main(argv=None) -> int:
         results["error"] = str(exc)
         print(f"launch: {exc}", file=sys.stderr)
         code = EXIT_ERROR
+        results["partial_reports"] = launcher.collect_partial(
+            len(launcher.runs), getattr(exc, "lost", None))
     finally:
-        results["exit_codes"] = launcher.shutdown(results["error"] or "run complete")
+        results["exit_codes"] = launcher.shutdown(results["error"] or "run complete",
+                                                  failed=code == EXIT_ERROR)
+        results["launcher_protocol_errors"] = dict(launcher.errors.counts)
         write_atomic(os.path.join(run_dir, "results.json"), results)
     if results["runs"]:
         print()

@@ -3,19 +3,10 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
+from common.stats import summary
 
 ALWAYS_VIOLATION_OK = ("counter_unavailable",)
 SHOW_PER_KIND = 5
-
-
-def summary(values: list) -> dict:
-    """mean / p50 / p99 / min of a list of nanoseconds (zeros when empty)."""
-    if not values:
-        return {"mean": 0, "p50": 0, "p99": 0, "min": 0}
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
-            "p99": float(np.percentile(a, 99)), "min": float(a.min())}
 
 
 def add_counts(dicts) -> dict:
@@ -28,8 +19,8 @@ def add_counts(dicts) -> dict:
 def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
               wall_s: float, reason: str) -> dict:
     kv, gv = kvm["vcpus"], guest["vcpus"]
-    measured = [x for v in kv for x in v["handle_event"]["measured_ns"]]
-    modeled = [x for v in kv for x in v["handle_event"]["modeled_ns"]]
+    measured = [v["handle_event"]["measured_ns"] for v in kv]
+    modeled = [v["handle_event"]["modeled_ns"] for v in kv]
     by_reason = add_counts(v["handle_event"]["by_reason"] for v in kv)
     skipped = sum(n for r, n in by_reason.items() if r.startswith("skipped"))
     by_cause = add_counts(v["reprogram_counter"] for v in kv)
@@ -40,12 +31,12 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
     guest_ns = sum(v["modeled_guest_ns"] for v in kv)
     by_param = collections.Counter()
     for v in kv:
-        n = len(v["handle_event"]["modeled_ns"])
+        n = v["handle_event"]["modeled_ns"]["count"]
         for k, ns in v["handle_event"]["modeled_by_param"].items():
             by_param[k] += ns * n
-    calls = len(modeled)
-    nmi_measured = [x for v in kv for x in v["nmi_handler"]["measured_ns"]]
-    nmi_modeled = [x for v in kv for x in v["nmi_handler"]["modeled_ns"]]
+    calls = sum(m["count"] for m in modeled)
+    nmi_measured = [v["nmi_handler"]["measured_ns"] for v in kv]
+    nmi_modeled = [v["nmi_handler"]["modeled_ns"] for v in kv]
     return {
         "policy": kv[0]["policy"] if kv else policy,
         "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"]},
