@@ -14,7 +14,8 @@ KNOWN = {
     "host_stop_heartbeat": "the host process sends no heartbeat (stuck)",
     "kvm_stop_heartbeat": "the KVM process sends no heartbeat (stuck)",
     "guest_stop_heartbeat": "the guest process sends no heartbeat (stuck)",
-    "ignore_shutdown": "a process ignores SHUTDOWN and SIGTERM (the launcher must SIGKILL)",
+    "ignore_shutdown": "a process hangs at SHUTDOWN and ignores SIGTERM (the launcher must "
+                       "SIGKILL)",
 }
 _ACTIVE = frozenset(f for f in os.environ.get("VPMU_FAULTS", "").split(",") if f)
 _UNKNOWN = _ACTIVE - set(KNOWN)

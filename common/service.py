@@ -102,7 +102,9 @@ class Service:
                     self.errors.record(exc.kind, exc.detail, "launcher")
                     continue
                 if msg.type == MsgType.SHUTDOWN and self.deaf:
-                    continue
+                    self.log.warning("hanging instead of shutting down (fault switch)")
+                    while True:                         # a hung process: only SIGKILL ends it
+                        time.sleep(1)
                 if msg.type == MsgType.SHUTDOWN:
                     if msg.body.failed:
                         self.log.error("run aborted by the launcher: %s", msg.body.reason)

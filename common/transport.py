@@ -80,12 +80,21 @@ class Channel:
         largest = max([max_bytes, *self.big_peers.values()])
         sock.setsockopt(zmq.MAXMSGSIZE, 4 * largest)       # past that zmq drops the peer
 
-    def send(self, body, peer: bytes = b"") -> None:
+    def send(self, body, peer: bytes = b"", droppable: bool = False) -> bool:
+        """Send one message. A ROUTER never blocks on a peer: a message that cannot be queued
+        (the peer is gone, or does not read) raises PeerLost, or returns False when
+        ``droppable`` (an error reply to a stranger)."""
         frame = schema.encode(body, self.seq.next_out(peer))
-        if self.router:
-            self.sock.send_multipart([peer, frame])
-        else:
+        if not self.router:
             self.sock.send(frame)
+            return True
+        try:
+            self.sock.send_multipart([peer, frame], zmq.NOBLOCK)
+            return True
+        except (zmq.Again, zmq.ZMQError) as exc:
+            if droppable:
+                return False
+            raise PeerLost(f"cannot send {type(body).__name__} to {peer!r}: {exc}") from None
 
     def recv(self, timeout_s: float | None = DEFAULT_TIMEOUT_S,
              stop: "threading.Event | None" = None) -> tuple[bytes, schema.Message]:

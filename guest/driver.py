@@ -94,8 +94,8 @@ class X86Pmu:
         self.disable_all()
         self.schedule(self.events)
         self.enable_all()
-        if any(e.freq for e in self.events) or self.multiplexed():
-            cpu.on_tick(self.tick, TICK_NS)
+        if any(e.sampling for e in self.events) or self.multiplexed():
+            cpu.on_tick(self.tick, TICK_NS)          # unthrottling, frequency, rotation
 
     def multiplexed(self) -> bool:
         return any(e.idx is None for e in self.events)

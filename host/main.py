@@ -25,6 +25,15 @@ class HostServer:
         self.perf: HostPerf | None = None
         self.links: set[bytes] = set()
 
+    def send(self, body, peer: bytes) -> None:
+        """Never block on one peer: a message its link cannot take is dropped, the link is
+        forgotten, and its vCPU (if it is one) times out and fails loudly."""
+        if not self.chan.send(body, peer, droppable=True):
+            self.errors.record("send_dropped", type(body).__name__, peer.decode("latin1"))
+            if peer in self.links:
+                log.error("link %s does not read: dropping it", peer.decode("latin1"))
+                self.links.discard(peer)
+
     def configure(self, cfg: dict) -> None:
         host = cfg["host"]
         self.topo = preset(host["preset"])
@@ -43,20 +52,20 @@ class HostServer:
             peer, msg = self.chan.recv(0)
         except schema.ProtocolError as exc:
             self.errors.record(exc.kind, exc.detail, exc.peer.decode(errors="replace"))
-            self.chan.send(schema.Error(exc.kind, exc.detail), exc.peer)
+            self.send(schema.Error(exc.kind, exc.detail), exc.peer)
             return
         if msg.type == MsgType.HELLO and msg.body.role == "vcpu":
             log.info("vCPU link %s connected (pid %d)", msg.body.name, msg.body.pid)
             self.links.add(peer)
-            self.chan.send(schema.Welcome("host"), peer)
+            self.send(schema.Welcome("host"), peer)
         elif msg.type == MsgType.PERF_CALL and peer not in self.links:
             self.errors.record("unknown_peer", "perf call before hello", peer.decode("latin1"))
-            self.chan.send(schema.Error("unknown_peer", "say hello first", msg.body.id), peer)
+            self.send(schema.Error("unknown_peer", "say hello first", msg.body.id), peer)
         elif msg.type == MsgType.PERF_CALL and self.perf is not None:
             self.perf_call(peer, msg.body)
         else:
             self.errors.record("unknown_type", msg.type.value, peer.decode(errors="replace"))
-            self.chan.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
+            self.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
 
     def perf_call(self, peer: bytes, call: schema.PerfCall) -> None:
         owner = peer.decode(errors="replace")
@@ -64,11 +73,11 @@ class HostServer:
         bad = [k for k, v in call.retired.items()
                if k not in msr.EVENT_KINDS or type(v) is not int or v < 0]
         if bad:
-            self.chan.send(schema.Error("wrong_type", f"retired events {bad}", call.id), peer)
+            self.send(schema.Error("wrong_type", f"retired events {bad}", call.id), peer)
             return
         perf.advance_time(call.now_ns)
         for ev in perf.account(owner, call.retired):
-            self.chan.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
+            self.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
         ledger = Ledger()
         cpu = call.args.get("cpu")
         if call.op in ("sched_in", "migrate") and type(cpu) is int and \
@@ -107,13 +116,13 @@ class HostServer:
                 if ev.error:
                     log.info("event %s of %s in error state: no counter free on pCPU %d",
                              handle, owner, perf.task(owner).cpu)
-                self.chan.send(schema.Oncpu(int(handle), oncpu, ev.error), peer)
+                self.send(schema.Oncpu(int(handle), oncpu, ev.error), peer)
         cost = ledger.total(self.params)
         perf.charge_cpu(owner, cost)
         tally = self.op_costs[call.op]
         tally[0] += 1
         tally[1] += cost
-        self.chan.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
+        self.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
                                         perf.budget(owner), perf.oncpu(owner), error), peer)
 
     def report(self) -> dict:

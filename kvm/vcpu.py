@@ -218,7 +218,7 @@ class VcpuThread(threading.Thread):
                 continue
             except schema.ProtocolError as exc:
                 self.errors.record(exc.kind, exc.detail, "guest")
-                guest.send(schema.Error(exc.kind, exc.detail), exc.peer)
+                guest.send(schema.Error(exc.kind, exc.detail), exc.peer, droppable=True)
                 continue
             if self.guest_peer is None and msg.type == MsgType.HELLO:
                 self.guest_peer = peer                # the one guest vCPU of this thread
@@ -227,11 +227,13 @@ class VcpuThread(threading.Thread):
             if peer != self.guest_peer:
                 self.errors.record("unknown_peer", f"{msg.type.value} from a stranger",
                                    peer.decode("latin1"))
-                guest.send(schema.Error("unknown_peer", "this vCPU has its guest", msg.seq), peer)
+                guest.send(schema.Error("unknown_peer", "this vCPU has its guest", msg.seq), peer,
+                           droppable=True)
                 continue
             if msg.type != MsgType.EXIT:
                 self.errors.record("unknown_type", msg.type.value, "guest")
-                guest.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
+                guest.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer,
+                           droppable=True)
                 continue
             if not self.loaded:
                 self.vcpu_load(self.pcpu)

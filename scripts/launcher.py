@@ -287,10 +287,7 @@ class Launcher:
         return set(self.children) | set(self.external)
 
     def reply_error(self, peer: bytes, kind: str, detail: str) -> None:
-        try:
-            self.control.send(schema.Error(kind, detail), peer)
-        except zmq.ZMQError:
-            pass                                     # gone already
+        self.control.send(schema.Error(kind, detail), peer, droppable=True)
 
     def watch(self, waiting_for: MsgType) -> None:
         """Heartbeats to every process; a process that died or went silent ends the run."""
@@ -309,10 +306,7 @@ class Launcher:
         if now >= self.next_beat:
             self.next_beat = now + 0.5
             for name in self.beats:
-                try:
-                    self.control.send(schema.Heartbeat(0), f"{name}.hb".encode())
-                except zmq.ZMQError:
-                    pass
+                self.control.send(schema.Heartbeat(0), f"{name}.hb".encode(), droppable=True)
 
     def configure(self, name: str, run: int, cfg: dict, peers: dict) -> dict:
         self.control.send(schema.Configure(run, cfg, peers), name.encode())
@@ -353,17 +347,15 @@ class Launcher:
                 self.control.send(schema.Finish(run), name.encode())
                 reports[name] = self.expect(MsgType.REPORT, {name}, 5,
                                             interruptible=False)[1].body.stats
-            except (LaunchError, zmq.ZMQError):
+            except (LaunchError, transport.PeerLost):
                 continue
         return reports
 
     def shutdown(self, reason: str, failed: bool) -> dict[str, int]:
         """The ladder: SHUTDOWN, wait; SIGTERM to each group, wait; SIGKILL; reap."""
         for name in [*self.external, *(n for n, c in self.children.items() if c.alive())]:
-            try:
-                self.control.send(schema.Shutdown(reason, failed), name.encode())
-            except zmq.ZMQError:
-                pass                         # never said hello: signals will do
+            self.control.send(schema.Shutdown(reason, failed), name.encode(),
+                              droppable=True)  # never said hello: signals will do
         for sig, wait_s in ((None, 2.0), (signal.SIGTERM, 2.0), (signal.SIGKILL, 1.0)):
             if sig is not None:
                 for child in self.children.values():
@@ -473,6 +465,11 @@ def main(argv=None) -> int:
     if args.explain_costs:
         for r in results["runs"]:
             print("\n" + report.breakdown(r))
+    unclean = {n: c for n, c in results["exit_codes"].items() if c != 0}
+    if code == EXIT_OK and unclean:
+        print(f"launch: processes did not exit cleanly: {unclean} (negative: killed by that "
+              "signal)", file=sys.stderr)
+        code = EXIT_ERROR
     if code == EXIT_OK and any(report.failed_checks(r) for r in results["runs"]):
         code = EXIT_CHECK_FAILED
     print(f"\nresults: {os.path.join(run_dir, 'results.json')}")

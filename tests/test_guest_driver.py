@@ -66,3 +66,13 @@ def test_guest_watchdog_takes_fixed_counter_1():
     wd, rec = events
     assert wd.watchdog and wd.idx == 33 and rec.idx == 0
     assert wd.sample_period == 25_000_000_000
+
+
+def test_throttling_is_lifted_at_the_next_tick_for_fixed_period_events():
+    cpu = FakeCpu(ghz=2.5)
+    ev = GuestEvent("record:instructions", "instructions", period=20_000)
+    pmu = X86Pmu(cpu, [ev])
+    pmu.start()
+    cpu.retire(2_500_000 * 30, {"instructions": 1})     # 125 samples a tick would be wanted
+    assert ev.samples >= 30 * MAX_SAMPLES_PER_TICK * 0.9
+    assert pmu.ticks == 30
