@@ -221,8 +221,9 @@ _FIELDS = {cls: [(f.name, _python_types(f.type),
 
 def encode(body: typing.Any, seq: int) -> bytes:
     """Encode a payload record as one frame numbered ``seq`` on its link."""
+    fields = {name: getattr(body, name) for name, _, _ in _FIELDS[type(body)]}
     return msgpack.packb({"v": [PROTOCOL_MAJOR, PROTOCOL_MINOR], "t": TYPE_OF[type(body)].value,
-                          "s": seq, "b": dataclasses.asdict(body)}, use_bin_type=True)
+                          "s": seq, "b": fields}, use_bin_type=True)
 
 
 def decode(frame: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Message:

@@ -8,14 +8,16 @@ import sys
 
 import pytest
 
+from common import msr
 from common.costs import Ledger
 from common.topology import preset
 from host.perf import HostPerf, PerfError
 from kvm import policies
-from kvm.pmu import KvmPmu, PerfCallRefused
+from kvm.pmu import KVM_REQ_PMU, KvmPmu, PerfCallRefused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "scripts", "launcher.py")
+EN_INSTR_INT = 0x4300C0 | msr.EVTSEL_INT      # EN|OS|USR|INT, instructions retired
 
 
 class LocalPerf:
@@ -50,6 +52,19 @@ def make_pmu():
         perf.pmu = pmu
         return pmu, perf, host
     return make
+
+
+def program_counter0(pmu, period: int) -> None:
+    """What a Linux guest writes for perf record -c PERIOD on GP counter 0 (and, under a
+    policy that defers reprogramming, the VM entry that follows)."""
+    pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
+    pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+    pmu.set_msr(msr.MSR_IA32_PMC0, (-period) & msr.COUNTER_MASK)
+    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR_INT)
+    pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0xF)
+    if KVM_REQ_PMU in pmu.requests:
+        pmu.requests.discard(KVM_REQ_PMU)
+        pmu.handle_event()
 
 
 def launch(tmp_path, *args, timeout=240) -> tuple[subprocess.CompletedProcess, dict, str]:

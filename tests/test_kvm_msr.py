@@ -2,10 +2,10 @@
 import pytest
 
 from common import msr
+from conftest import EN_INSTR_INT, program_counter0
 from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault
 
 pytestmark = pytest.mark.timeout(10)
-EN_INSTR = 0x4300C0 | msr.EVTSEL_INT          # EN|OS|USR|INT, instructions retired
 
 
 def test_reset_state(make_pmu):
@@ -23,8 +23,8 @@ def test_reset_state(make_pmu):
     (msr.MSR_CORE_PERF_GLOBAL_CTRL, 1 << 4),              # GP counter 4 does not exist
     (msr.MSR_CORE_PERF_GLOBAL_CTRL, 1 << 35),             # fixed 3 does not exist
     (msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL, 1 << 40),         # reserved
-    (msr.MSR_P6_EVNTSEL0, EN_INSTR | (1 << 32)),          # reserved high bits
-    (msr.MSR_P6_EVNTSEL0, EN_INSTR | msr.EVTSEL_ANY),     # ANY is reserved in v2
+    (msr.MSR_P6_EVNTSEL0, EN_INSTR_INT | (1 << 32)),          # reserved high bits
+    (msr.MSR_P6_EVNTSEL0, EN_INSTR_INT | msr.EVTSEL_ANY),     # ANY is reserved in v2
     (msr.MSR_CORE_PERF_FIXED_CTR_CTRL, 0x4),              # ANY bit of fixed 0
     (msr.MSR_CORE_PERF_FIXED_CTR_CTRL, 0x1000),           # fixed 3 does not exist
     (msr.MSR_IA32_PMC0, 1 << 48),                         # above the counter width
@@ -80,18 +80,9 @@ def test_cpuid_leaf_0xa(make_pmu):
     assert ebx == 0 and edx & 0x1F == 3 and (edx >> 5) & 0xFF == 48
 
 
-def program(pmu, period):
-    """What the Linux guest does for perf record -c period on GP 0."""
-    pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
-    pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0)
-    pmu.set_msr(msr.MSR_IA32_PMC0, (-period) & msr.COUNTER_MASK)
-    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR)
-    pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0xF)
-
-
 def test_enabling_creates_an_event_with_the_counter_period(make_pmu):
     pmu, perf, host = make_pmu()
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     pmc = pmu.gp[0]
     assert pmc.perf_event is not None and pmc.oncpu == 0
     ev = host.events[pmc.perf_event]
@@ -100,7 +91,7 @@ def test_enabling_creates_an_event_with_the_counter_period(make_pmu):
 
 def test_overflow_sets_status_and_requests(make_pmu):
     pmu, perf, host = make_pmu()
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     perf.retire(instructions=999)
     assert not pmu.requests and pmu.global_status == 0
     perf.retire(instructions=1)
@@ -112,7 +103,7 @@ def test_overflow_sets_status_and_requests(make_pmu):
 @pytest.mark.parametrize("policy, creates, releases", [("always", 1, 1), ("oncpu", 0, 0)])
 def test_handle_event_per_policy(make_pmu, policy, creates, releases):
     pmu, perf, _ = make_pmu(policy)
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     perf.retire(instructions=1000)
     perf.calls.clear()
     pmu.handle_event()
@@ -124,7 +115,7 @@ def test_handle_event_per_policy(make_pmu, policy, creates, releases):
 
 def test_oncpu_reprograms_an_event_that_is_not_active_here(make_pmu):
     pmu, perf, host = make_pmu("oncpu")
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     perf.retire(instructions=1000)
     pmu.gp[0].oncpu = -1                                 # as if the host had pushed a change
     pmu.handle_event()

@@ -4,23 +4,11 @@ import os
 import pytest
 
 from common import msr
-from conftest import ROOT, launch
+from conftest import EN_INSTR_INT, ROOT, launch, program_counter0
 from kvm import policies
 from kvm.pmu import KVM_REQ_PMU
 
 pytestmark = pytest.mark.timeout(20)
-EN_INSTR = 0x4300C0 | msr.EVTSEL_INT
-
-
-def program(pmu, period):
-    pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
-    pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0)
-    pmu.set_msr(msr.MSR_IA32_PMC0, (-period) & msr.COUNTER_MASK)
-    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR)
-    pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0xF)
-    if pmu.requests:                      # deferred: the entry reprograms
-        pmu.requests.discard(KVM_REQ_PMU)
-        pmu.handle_event()
 
 
 def linux_handler(pmu, period):
@@ -40,7 +28,7 @@ def linux_handler(pmu, period):
 @pytest.mark.parametrize("policy", policies.BUILTIN)
 def test_one_pmi_cycle_keeps_counts_right(make_pmu, policy):
     pmu, perf, host = make_pmu(policy)
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     perf.retire(instructions=1000)
     for cycle in range(3):
         assert pmu.global_status == 1
@@ -58,7 +46,7 @@ def test_one_pmi_cycle_keeps_counts_right(make_pmu, policy):
 
 def test_reuse_resumes_with_a_full_period_when_the_counter_is_zero(make_pmu):
     pmu, perf, host = make_pmu("reuse")
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     handle = pmu.gp[0].perf_event
     perf.retire(instructions=1000)
     perf.calls.clear()
@@ -71,16 +59,16 @@ def test_reuse_resumes_with_a_full_period_when_the_counter_is_zero(make_pmu):
 
 def test_reuse_recreates_when_the_config_changed(make_pmu):
     pmu, perf, _ = make_pmu("reuse")
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     old = pmu.gp[0].perf_event
     perf.calls.clear()
-    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR & ~msr.EVTSEL_OS)
+    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR_INT & ~msr.EVTSEL_OS)
     assert "create" in perf.calls and pmu.gp[0].perf_event != old
 
 
 def test_reuse_falls_back_when_the_period_is_rejected(make_pmu):
     pmu, perf, host = make_pmu("reuse")
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     host.events[pmu.gp[0].perf_event].sample_period = 0     # now a counting event
     perf.retire(instructions=5)
     pmu.reprogram_pmi |= 1
@@ -90,7 +78,7 @@ def test_reuse_falls_back_when_the_period_is_rejected(make_pmu):
 
 def test_reuse_lazy_release_after_an_unused_time_slice(make_pmu):
     pmu, perf, _ = make_pmu("reuse")
-    program(pmu, 1000)
+    program_counter0(pmu, 1000)
     pmu.set_msr(msr.MSR_P6_EVNTSEL0, 0)                      # disabled: the event is paused
     assert pmu.gp[0].perf_event is not None and pmu.gp[0].is_paused
     pmu.policy.sched_in(pmu)                                   # slice 1: the guest touched it
@@ -107,7 +95,7 @@ def test_deferred_only_marks_on_msr_writes(make_pmu):
     pmu, perf, _ = make_pmu("deferred")
     perf.calls.clear()
     pmu.set_msr(msr.MSR_IA32_PMC0, (-1000) & msr.COUNTER_MASK)
-    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR)
+    pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR_INT)
     assert perf.calls == [] and pmu.reprogram_pmi == 1 and KVM_REQ_PMU in pmu.requests
     pmu.handle_event()
     assert perf.calls == ["create"] and pmu.reprogram_pmi == 0
