@@ -25,7 +25,7 @@ DEFAULTS: dict = {
     "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
            "migrate": "none", "migrations": []},
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000,
-              "sessions": [], "watchdog": False},
+              "sessions": [], "watchdog": False, "context_switch_ms": 0},
     "costs": {},
 }
 
@@ -141,6 +141,7 @@ def validate(cfg: dict, where: str) -> dict:
            f"unknown event; known: {', '.join(msr.ARCH_EVENTS.values())}")
     _int(guest["period"], where, "guest.period", 2, (1 << 31) - 1)
     _check(type(guest["watchdog"]) is bool, where, "guest.watchdog", "must be true or false")
+    _int(guest["context_switch_ms"], where, "guest.context_switch_ms", 0)
     _check(isinstance(guest["sessions"], list), where, "guest.sessions", "must be a list")
     for i, sess in enumerate(guest["sessions"]):
         key = f"guest.sessions[{i}]"

@@ -70,9 +70,12 @@ def events_from_sessions(sessions: list[dict], ghz: float, watchdog: bool) -> li
 
 
 class X86Pmu:
-    def __init__(self, cpu: GuestCpu, events: list[GuestEvent]):
+    def __init__(self, cpu: GuestCpu, events: list[GuestEvent], switch_ms: int = 0):
         self.cpu = cpu
         self.events = events
+        self.switch_ticks = switch_ms * HZ // 1000   # another task every so often, 0: never
+        self.task_in = True                          # the perf task is running
+        self.switches = 0
         self.nr_gp = self.nr_fixed = 0
         self.intel_ctrl = 0
         self.fixed_ctrl = 0
@@ -94,7 +97,7 @@ class X86Pmu:
         self.disable_all()
         self.schedule(self.events)
         self.enable_all()
-        if any(e.sampling for e in self.events) or self.multiplexed():
+        if any(e.sampling for e in self.events) or self.multiplexed() or self.switch_ticks:
             cpu.on_tick(self.tick, TICK_NS)          # unthrottling, frequency, rotation
 
     def multiplexed(self) -> bool:
@@ -188,6 +191,8 @@ class X86Pmu:
         """Time enabled and time running since the last call, for scaling multiplexed counts."""
         now = self.now_ns()
         dt, self.time_ns = now - self.time_ns, now
+        if not self.task_in:                         # a task's events: no time while it is out
+            return
         for ev in self.events:
             ev.enabled_ns += dt
             if ev.idx is not None:
@@ -248,6 +253,10 @@ class X86Pmu:
         """perf_event_task_tick: unthrottle, re-estimate frequency-mode periods, rotate."""
         self.ticks += 1
         self.account_time()
+        if self.switch_ticks and self.ticks % self.switch_ticks == 0:
+            self.context_switch()
+        if not self.task_in:
+            return
         busy = [ev for ev in self.events if ev.idx is not None and (ev.freq or ev.throttled)]
         if busy:
             self.disable_all()
@@ -258,6 +267,22 @@ class X86Pmu:
             ev.tick_samples = 0
         if self.ticks % MUX_INTERVAL_TICKS == 0 and self.multiplexed():
             self.rotate()
+
+    def context_switch(self) -> None:
+        """perf_event_task_sched_out / _in around a switch to or from another guest task:
+        disable all, stop (or restart) each scheduled event, enable all."""
+        self.switches += 1
+        self.disable_all()
+        for ev in self.events:
+            if ev.idx is None or ev.throttled:
+                continue
+            if self.task_in:
+                self.update(ev)
+                self.disable_event(ev)
+            else:
+                self.program(ev)
+        self.task_in = not self.task_in
+        self.enable_all()
 
     def adjust(self, ev: GuestEvent) -> None:
         """perf_adjust_freq_unthr_context for one event: stop, update, new period, start."""

@@ -80,7 +80,8 @@ class GuestVcpu(threading.Thread):
             reason = self.run_program(cpu, run["guest_program"])
         else:
             reason = self.run_perf(cpu, workload, run["pmis"], run["max_exits"],
-                                   config.guest_sessions(self.cfg), g["watchdog"], topo.ghz)
+                                   config.guest_sessions(self.cfg), g["watchdog"], topo.ghz,
+                                   g["context_switch_ms"])
         oracle.finish()
         cpu._exit("done")
         log.info("vCPU done (%s): %d PMIs, %d exits, %d violations", reason, cpu.pmis,
@@ -88,8 +89,8 @@ class GuestVcpu(threading.Thread):
         return reason
 
     def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, max_exits: int,
-                 sessions: list[dict], watchdog: bool, ghz: float) -> str:
-        pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog))
+                 sessions: list[dict], watchdog: bool, ghz: float, switch_ms: int) -> str:
+        pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog), switch_ms)
         pmu.start()
         reason = "pmis"
         while pmu.handled < pmis:
@@ -132,6 +133,7 @@ class GuestVcpu(threading.Thread):
                 "events": events,
                 "ticks": pmu.ticks if pmu else 0,
                 "rotations": pmu.rotations if pmu else 0,
+                "context_switches": pmu.switches if pmu else 0,
                 "exits": dict(cpu.exits) if cpu else {},
                 "gp_faults": cpu.gp_faults if cpu else 0,
                 "program": {"checks": cpu.checks if cpu else [], "error": self.program_error},

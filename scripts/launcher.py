@@ -59,6 +59,8 @@ def parse_args(argv):
     ap.add_argument("--seed", type=int, help="seed of the guest workloads")
     ap.add_argument("--guest-program", help="run main(cpu) from this file on every vCPU instead "
                     "of the guest perf driver")
+    ap.add_argument("--guest-context-switch-ms", type=int, dest="context_switch_ms",
+                    help="switch the guest's perf task with another task every N ms (0: never)")
     ap.add_argument("--guest-watchdog", choices=("on", "off"),
                     help="the guest's NMI watchdog (a cycles event on a counter)")
     ap.add_argument("--host-preset", help="emulated host: skx-4s, bdx-2s, clx-2s, small")
@@ -113,7 +115,8 @@ def resolve_config(args) -> dict:
                                     else [p.strip() for p in args.policy.split(",") if p.strip()])
     for key, section in (("pmis", "run"), ("seed", "run"), ("max_exits", "run"),
                          ("transport", "run"), ("timeout_s", "run"), ("vcpus", "vm"), ("timeslice_ms", "vm"),
-                         ("period", "guest"), ("event", "guest"), ("workload", "guest")):
+                         ("period", "guest"), ("event", "guest"), ("workload", "guest"),
+                         ("context_switch_ms", "guest")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
     for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"),

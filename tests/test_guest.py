@@ -101,3 +101,16 @@ def test_workload_streams_do_not_depend_on_interleaving():
     one = [Workload("compute", r, 2.5).next_slice() for r in streams(7, 3)]
     two = [Workload("compute", r, 2.5).next_slice() for r in reversed(streams(7, 3))][::-1]
     assert one == two and one[0] != one[1]
+
+
+def test_guest_context_switches_toggle_the_pmu_and_keep_counts_right(tmp_path):
+    base = launch(tmp_path / "base", "--policy", "always", "--pmis", "20",
+                  "--host-preset", "small")[1]["runs"][0]
+    proc, results, _ = launch(tmp_path / "cs", "--policy", "always", "--pmis", "20",
+                              "--host-preset", "small", "--guest-context-switch-ms", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = results["runs"][0]
+    assert run["guest_context_switches"] > 0 and run["invariants"]["violations"] == []
+    assert run["reprogram_counter"]["by_cause"]["msr_write"] > \
+        base["reprogram_counter"]["by_cause"]["msr_write"]
+    assert run["perf_calls"]["create"] > base["perf_calls"]["create"]

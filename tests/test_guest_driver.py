@@ -76,3 +76,15 @@ def test_throttling_is_lifted_at_the_next_tick_for_fixed_period_events():
     cpu.retire(2_500_000 * 30, {"instructions": 1})     # 125 samples a tick would be wanted
     assert ev.samples >= 30 * MAX_SAMPLES_PER_TICK * 0.9
     assert pmu.ticks == 30
+
+
+def test_context_switches_stop_and_restart_a_task_s_events():
+    cpu = FakeCpu(ghz=2.5)
+    rec = GuestEvent("record:instructions", "instructions", period=250_000)
+    pmu = X86Pmu(cpu, [rec], switch_ms=2)
+    pmu.start()
+    cpu.retire(2_500_000 * 40, {"instructions": 1})      # 40 ms, half of it another task's
+    pmu.read()
+    assert pmu.switches == 20
+    assert rec.count == pytest.approx(2_500_000 * 20, rel=0.05)
+    assert rec.running_ns == rec.enabled_ns == pytest.approx(20_000_000, rel=0.05)

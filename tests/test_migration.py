@@ -116,3 +116,13 @@ def test_real_affinity_is_applied_to_each_vcpu_thread(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert_no_process_left(out)
+
+
+def test_a_guest_program_requests_its_own_moves(tmp_path):
+    path = os.path.join(os.path.dirname(__file__), "migrate_program.py")
+    runs = runs_of(tmp_path, "--policy", "always,oncpu", "--guest-program", path)
+    for run in runs.values():
+        assert run["migrations_by_kind"] == {"requested": 2}
+        assert run["host_sched_in_other_cpu"] == 2 and run["oncpu_disagreements"] == 0
+        assert all(c["passed"] for c in run["guest_program"]["checks"])
+    assert runs["oncpu"]["handle_event"]["by_reason"] == {"skipped_active_here": 1}
