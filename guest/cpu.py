@@ -152,10 +152,10 @@ class GuestCpu:
         return tuple(self._exit("cpuid", leaf, subleaf).values)
 
     def cli(self) -> None:
-        self.if_flag = False
+        self.if_flag = self.oracle.if_flag = False
 
     def sti(self) -> None:
-        self.if_flag = True
+        self.if_flag = self.oracle.if_flag = True
         self._deliver()
 
     def on_pmi(self, handler) -> None:

@@ -19,6 +19,7 @@ class Oracle:
         self.global_ctrl = (1 << nr_gp) - 1
         self.status = 0
         self.lvtpc = msr.APIC_LVT_MASKED
+        self.if_flag = True                    # the guest's interrupt flag (cli / sti)
         self.pending: dict[int, bool] = {}     # overflowed counter -> its PMI is already late
         self.checked = 0
         self.violations: list[dict] = []
@@ -71,7 +72,7 @@ class Oracle:
             n = events.get(kind, 0) if kind else 0
             if n <= 0:
                 continue
-            if intr and idx in self.pending:
+            if intr and idx in self.pending and not self.held():
                 self.pending[idx] = True               # events retire past a due PMI
             old = self.value[idx]
             new = (old + n) & msr.COUNTER_MASK
@@ -83,6 +84,10 @@ class Oracle:
                         self.violate("missing_pmi", idx, "a second overflow with no PMI between")
                     # the overflowing event is the last of this stretch only if new == 0
                     self.pending[idx] = new != 0
+
+    def held(self) -> bool:
+        """A fixed-vector PMI waits for the interrupt flag; an NMI does not."""
+        return self.lvtpc & msr.APIC_DM_MASK != msr.APIC_DM_NMI and not self.if_flag
 
     # --- checks -------------------------------------------------------------------------------
 

@@ -114,3 +114,13 @@ def test_guest_context_switches_toggle_the_pmu_and_keep_counts_right(tmp_path):
     assert run["reprogram_counter"]["by_cause"]["msr_write"] > \
         base["reprogram_counter"]["by_cause"]["msr_write"]
     assert run["perf_calls"]["create"] > base["perf_calls"]["create"]
+
+
+def test_a_fixed_vector_pmi_waits_for_the_interrupt_flag(tmp_path):
+    path = os.path.join(ROOT, "tests", "fixed_vector_program.py")
+    proc, results, _ = launch(tmp_path, "--guest-program", path, "--policy", "all",
+                              "--host-preset", "small")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for run in results["runs"]:
+        assert all(c["passed"] for c in run["guest_program"]["checks"]), run["guest_program"]
+        assert run["invariants"]["violations"] == []
