@@ -17,7 +17,7 @@ from common.topology import PRESETS
 # period. 10,000,000 instructions at the compute profile's IPC of ~2 on 2.5 GHz is ~2 ms of guest
 # time between PMIs.
 DEFAULTS: dict = {
-    "run": {"policies": ["always", "oncpu"], "pmis": 200, "seed": 1, "transport": "ipc",
+    "run": {"policies": ["always", "oncpu", "reuse", "deferred"], "pmis": 200, "seed": 1, "transport": "ipc",
             "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
             "guest_program": ""},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],

@@ -288,7 +288,3 @@ class SeqCounter:
         if seq != expected:
             raise ProtocolError("bad_seq", f"got seq {seq}, expected {expected}")
         self._expect_in[peer] = seq + 1
-
-    def forget(self, peer: bytes) -> None:
-        self._next_out.pop(peer, None)
-        self._expect_in.pop(peer, None)

@@ -33,12 +33,11 @@ class LinkBroken(Exception):
 class HostLink:
     """The vCPU's perf API over its link to the host, and the budget the host hands out."""
 
-    def __init__(self, chan: transport.Channel, name: str, ledger: Ledger, params: dict,
+    def __init__(self, chan: transport.Channel, name: str, ledger: Ledger,
                  stop: threading.Event):
         self.chan = chan
         self.name = name
         self.ledger = ledger
-        self.params = params
         self.stop = stop
         self.pmu: KvmPmu | None = None
         self.pending: collections.Counter = collections.Counter()   # retired, not yet sent
@@ -99,7 +98,7 @@ class VcpuThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
                  policy, cfg: dict, host_ep: str, listen_base: str, topo, security):
         super().__init__(name=f"{vm}-vcpu{index}", daemon=True)
-        self.ctx, self.vm, self.index, self.pcpu, self.run_id = ctx, vm, index, pcpu, run
+        self.ctx, self.vm, self.index, self.pcpu = ctx, vm, index, pcpu
         self.security = security
         self.guest_peer: bytes | None = None
         self.policy, self.cfg, self.host_ep = policy, cfg, host_ep
@@ -150,8 +149,7 @@ class VcpuThread(threading.Thread):
             guest = transport.Channel(transport.socket(self.ctx, zmq.ROUTER))
             self.security.server(guest.sock)
             self.endpoint = transport.bind(guest.sock, self.listen)
-            self.host = HostLink(host, f"{self.vm}/vcpu{self.index}", self.ledger, self.params,
-                                 self.stop)
+            self.host = HostLink(host, f"{self.vm}/vcpu{self.index}", self.ledger, self.stop)
             self.pmu = KvmPmu(self.host, self.policy, ledger=self.ledger)
             self.host.pmu = self.pmu
             host.send(schema.Hello("vcpu", self.host.name, os.getpid()))
