@@ -27,6 +27,9 @@ DEFAULTS: dict = {
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000,
               "sessions": [], "watchdog": False, "context_switch_ms": 0},
     "costs": {},
+    # how this launch is deployed rather than what it emulates (flags of the same names)
+    "launch": {"out": "", "external": [], "bind": "127.0.0.1", "host_addr": "", "kvm_addr": "",
+               "insecure_tcp": False, "lost_after": 2.0, "explain_costs": False},
 }
 
 POLICIES = ("always", "oncpu", "reuse", "deferred")
@@ -157,6 +160,16 @@ def validate(cfg: dict, where: str) -> dict:
         else:
             _check("period" not in sess and "freq" not in sess, where, key,
                    "stat takes no period or freq")
+    launch = cfg["launch"]
+    _check(isinstance(launch["external"], list) and all(
+        r in ("host", "kvm", "guest") for r in launch["external"]), where, "launch.external",
+        "must be a list of roles among host, kvm, guest")
+    for key in ("out", "bind", "host_addr", "kvm_addr"):
+        _check(isinstance(launch[key], str), where, f"launch.{key}", "must be a string")
+    for key in ("insecure_tcp", "explain_costs"):
+        _check(type(launch[key]) is bool, where, f"launch.{key}", "must be true or false")
+    _check(type(launch["lost_after"]) in (int, float) and launch["lost_after"] > 0, where,
+           "launch.lost_after", "must be a number of seconds > 0")
     prog = run["guest_program"]
     _check(isinstance(prog, str) and (not prog or os.path.isfile(prog)), where,
            "run.guest_program", f"no such file {prog!r}")

@@ -36,7 +36,7 @@ class Vm:
             t.bound.wait(transport.DEFAULT_TIMEOUT_S)
             if t.failure or not t.endpoint:
                 raise RuntimeError(f"vCPU {t.index} did not come up: {t.failure}")
-        log.info("run %d: policy %s; vCPU -> pCPU (thread, real CPUs): %s", run, policy.name,
+        log.info("READY run %d: policy %s; vCPU -> pCPU (thread, real CPUs): %s", run, policy.name,
                  ", ".join(f"{t.index} -> {t.pcpu} ({t.affinity['tid']}, "
                            f"{t.affinity['cpus'] or 'not pinned'})" for t in self.threads))
         return {"vcpus": [t.endpoint for t in self.threads]}

@@ -33,7 +33,6 @@ import report  # noqa: E402
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
 LOG = logging.getLogger("launcher")
-ROLES = ("host", "kvm", "guest")
 
 
 class LaunchError(Exception):
@@ -86,19 +85,19 @@ def parse_args(argv):
     ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
     ap.add_argument("--timeout", type=int, dest="timeout_s",
                     help="seconds one policy's run may take before it is declared stuck")
-    ap.add_argument("--explain-costs", action="store_true",
+    ap.add_argument("--explain-costs", action="store_true", default=None,
                     help="print the cost parameters, run (5 PMIs unless --pmis says otherwise) "
                     "and show which mechanisms each policy's kvm_pmu_handle_event time came from")
-    ap.add_argument("--external", default="", metavar="ROLE[,ROLE]",
+    ap.add_argument("--external", metavar="ROLE[,ROLE]",
                     help="do not start these processes (host, kvm, guest): print their command "
                     "lines and wait for them to connect, e.g. from other machines over tcp")
-    ap.add_argument("--insecure-tcp", action="store_true",
+    ap.add_argument("--insecure-tcp", action="store_true", default=None,
                     help="over tcp, do not use CurveZMQ (every process logs that it is insecure)")
-    ap.add_argument("--lost-after", type=float, default=2.0, metavar="S",
+    ap.add_argument("--lost-after", type=float, metavar="S",
                     help="seconds without a heartbeat after which a process is declared lost")
     ap.add_argument("--host-addr", metavar="ADDR", help="address the host process binds (tcp)")
     ap.add_argument("--kvm-addr", metavar="ADDR", help="address the KVM process binds (tcp)")
-    ap.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+    ap.add_argument("--bind", metavar="ADDR",
                     help="address the launcher's control socket (and, over tcp, the processes "
                     "it starts) bind to; use a reachable address with --external")
     return ap.parse_args(argv)
@@ -109,7 +108,13 @@ def resolve_config(args) -> dict:
     cfg = config.merge(config.DEFAULTS, {}, "defaults")
     if args.scenario:
         cfg = config.merge(cfg, config.load_scenario(args.scenario), args.scenario)
-    flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}}
+    flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}, "launch": {}}
+    for key in ("out", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
+                "explain_costs"):
+        if getattr(args, key) is not None:
+            flags["launch"][key] = getattr(args, key)
+    if args.external is not None:
+        flags["launch"]["external"] = [r.strip() for r in args.external.split(",") if r.strip()]
     if args.policy:
         flags["run"]["policies"] = (list(config.POLICIES) if args.policy == "all"
                                     else [p.strip() for p in args.policy.split(",") if p.strip()])
@@ -186,29 +191,30 @@ class Child:
 
 
 class Launcher:
-    def __init__(self, cfg: dict, run_dir: str, args):
+    def __init__(self, cfg: dict, run_dir: str):
         self.cfg = cfg
+        opts = cfg["launch"]
         self.run_dir = run_dir
         self.sock_dir = tempfile.mkdtemp(prefix="vpmu-")       # short, private (0700)
         self.interrupted = False
-        self.lost_after = args.lost_after
+        self.lost_after = opts["lost_after"]
         self.ctx = zmq.Context()
         tcp = cfg["run"]["transport"] == "tcp"
-        keys = security.generate(run_dir) if tcp and not args.insecure_tcp else None
+        keys = security.generate(run_dir) if tcp and not opts["insecure_tcp"] else None
         self.security = security.Security(keys, "launcher", self.ctx)
         self.control = transport.Channel(   # only the run's processes may send large reports
             transport.socket(self.ctx, zmq.ROUTER), big_peers={
                 n.encode(): schema.MAX_FRAME_BYTES for n in ("host", "kvm-vm0", "guest-vm0")})
         self.security.server(self.control.sock)
         self.errors = transport.ErrorLog(LOG)
-        bind_addr = args.bind
+        bind_addr = opts["bind"]
         self.control_ep = transport.bind(
             self.control.sock, f"tcp://{bind_addr}:*" if tcp else f"ipc://{self.sock_dir}/control")
-        host_addr, kvm_addr = args.host_addr or bind_addr, args.kvm_addr or bind_addr
+        host_addr, kvm_addr = opts["host_addr"] or bind_addr, opts["kvm_addr"] or bind_addr
         listen = {"host": f"tcp://{host_addr}:{free_port(host_addr)}" if tcp else
                   f"ipc://{self.sock_dir}/host",
                   "kvm": f"tcp://{kvm_addr}:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
-        external = tuple(r.strip() for r in args.external.split(",") if r.strip())
+        external = tuple(opts["external"])
         self.beats: dict[str, float] = {}          # name -> when its last heartbeat came
         self.lost: set[str] = set()                 # processes already known dead or silent
         self.next_beat = 0.0
@@ -216,7 +222,7 @@ class Launcher:
         self.external = {}                       # name -> command to run by hand elsewhere
         for role, name in (("host", "host"), ("kvm", "kvm-vm0"), ("guest", "guest-vm0")):
             cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name,
-                   "--lost-after", str(args.lost_after)]
+                   "--lost-after", str(opts["lost_after"])]
             if role in listen:
                 cmd += ["--listen", listen[role]]
             if keys:
@@ -399,22 +405,20 @@ def new_run_dir(out: str | None) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.explain_costs and args.pmis is None:
-        args.pmis = 5
     try:
         cfg = resolve_config(args)
     except config.ConfigError as exc:
         print(f"launch: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    if args.explain_costs:
+    explain = cfg["launch"]["explain_costs"]
+    if explain and args.pmis is None:
+        cfg["run"]["pmis"] = 5
+    if explain:
         print(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
-    run_dir = new_run_dir(args.out)
+    run_dir = new_run_dir(cfg["launch"]["out"])
     logsetup.setup("launcher", run_dir)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
-    if any(r.strip() not in ROLES for r in args.external.split(",") if r.strip()):
-        print(f"launch: --external takes roles among {', '.join(ROLES)}", file=sys.stderr)
-        return EXIT_ERROR
-    launcher = Launcher(cfg, run_dir, args)
+    launcher = Launcher(cfg, run_dir)
 
     def on_signal(signum, frame):
         launcher.interrupted = True
@@ -465,7 +469,7 @@ def main(argv=None) -> int:
             if n > report.SHOW_PER_KIND:
                 print(f"  VIOLATION [{r['policy']}] {kind}: {n - report.SHOW_PER_KIND} more "
                       "(all in results.json)")
-    if args.explain_costs:
+    if explain:
         for r in results["runs"]:
             print("\n" + report.breakdown(r))
     unclean = {n: c for n, c in results["exit_codes"].items() if c != 0}

@@ -1,7 +1,10 @@
 """The real processes over real sockets, through the launcher."""
+import subprocess
+import sys
+
 import pytest
 
-from conftest import assert_no_process_left, launch
+from conftest import LAUNCHER, assert_no_process_left, launch
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -150,3 +153,20 @@ def test_a_process_started_by_hand_joins_the_run(tmp_path):
                 p.kill()
                 time.sleep(0.1)
     assert "invariants checked" in stdout
+
+
+def test_every_flag_has_a_scenario_key(tmp_path):
+    import os
+    out = tmp_path / "from-scenario"
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'[run]\npmis = 3\npolicies = ["oncpu"]\n[host]\npreset = "small"\n'
+                        f'[launch]\nout = "{out}"\nexplain_costs = true\n')
+    proc = subprocess.run([sys.executable, LAUNCHER, "--scenario", str(scenario)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "cost parameters" in proc.stdout and "[oncpu] one kvm_pmu_handle_event" in proc.stdout
+    assert os.path.exists(out / "results.json")
+    scenario.write_text('[launch]\nexternal = ["hypervisor"]\n')
+    proc = subprocess.run([sys.executable, LAUNCHER, "--scenario", str(scenario)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "launch.external" in proc.stderr
