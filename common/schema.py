@@ -167,7 +167,9 @@ class Oncpu:
 @dataclasses.dataclass
 class Exit:
     """A VM exit. ``retired`` holds the events the guest retired since its last entry."""
-    reason: str                    # rdmsr, wrmsr, rdpmc, cpuid, budget, done
+    reason: str                    # rdmsr, wrmsr, rdpmc, cpuid, budget (a host counter's or
+                                   # the time slice's end), nmi_window, hypercall (a test
+                                   # program's migration request), done
     index: int                     # MSR, RDPMC ECX or CPUID leaf
     value: int                     # WRMSR data, CPUID subleaf
     retired: dict
