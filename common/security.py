@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("security")
 MEMBERS = ("launcher", "host", "kvm-vm0", "guest-vm0")
@@ -36,6 +38,7 @@ class Security:
         self.keys, self.name, self.ctx = keys, name, ctx
         self.auth: ThreadAuthenticator | None = None
         self.refused = 0
+        self.lock = threading.Lock()
         if keys is None:
             return
         self.public, self.secret = zmq.auth.load_certificate(
@@ -51,12 +54,8 @@ class Security:
         """The ZAP decision for one connecting client."""
         if client_key in self.trusted:
             return True
-        self.refused += 1
-        if self.refused <= 3:
-            log.warning("refused a peer whose CURVE key is not one of this run's: %s",
-                        client_key.decode(errors="replace"))
-        elif self.refused == 4:
-            log.warning("refusing further unknown peers; only counted from now on")
+        self.refuse("its CURVE key is not one of this run's: "
+                    + client_key.decode(errors="replace"))
         return False
 
     def server(self, sock: zmq.Socket) -> None:
@@ -68,6 +67,7 @@ class Security:
             self.auth.configure_curve_callback(domain="*", credentials_provider=self)
         sock.curve_secretkey, sock.curve_publickey = self.secret, self.public
         sock.curve_server = True
+        HandshakeWatch(sock.get_monitor_socket(HANDSHAKE_FAILED), self).start()
 
     def client(self, sock: zmq.Socket, server: str) -> None:
         if not self.enabled:
@@ -80,3 +80,40 @@ class Security:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+
+    def refuse(self, why: str) -> None:
+        """Log a refused peer: the first three in full, then only a count."""
+        with self.lock:
+            self.refused += 1
+            n = self.refused
+        if n <= 3:
+            log.warning("refused a peer: %s", why)
+        elif n == 4:
+            log.warning("refusing further peers; only counted from now on")
+
+
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+class HandshakeWatch(threading.Thread):
+    """Logs the peers a CURVE server socket refuses before ZAP sees them (no keys at all, or a
+    handshake that is not CURVE). Ends when the watched socket closes."""
+
+    def __init__(self, monitor: zmq.Socket, security: "Security"):
+        super().__init__(name="handshake-watch", daemon=True)
+        self.monitor, self.security = monitor, security
+
+    def run(self) -> None:
+        try:
+            while True:
+                event = recv_monitor_message(self.monitor)
+                if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                    return
+                if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:   # ZAP logged that one
+                    self.security.refuse(f"failed CURVE handshake on "
+                                         f"{event['endpoint'].decode()} ({event['value'].name})")
+        except zmq.ZMQError:
+            return
+        finally:
+            self.monitor.close(0)
