@@ -246,8 +246,8 @@ class Launcher:
         with open(os.path.join(self.run_dir, "pids.json"), "w") as f:
             json.dump({n: c.proc.pid for n, c in self.children.items()}, f)
         for name, cmd in self.external.items():
-            print(f"  waiting for {name}; start it (with its own --listen address where it binds "
-                  f"one) as:\n    {' '.join(cmd)}", flush=True)
+            say(f"  waiting for {name}; start it (with its own --listen address where it binds "
+                f"one) as:\n    {' '.join(cmd)}")
         waiting = set(self.members)
         while waiting:
             name, msg = self.expect(MsgType.HELLO, waiting, 600 if self.external else 20)
@@ -387,6 +387,14 @@ class Launcher:
         return codes
 
 
+def say(*args, **kwargs) -> None:
+    """Print; a reader that went away (a pipe into head) does not stop the run."""
+    try:
+        print(*args, **kwargs, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def write_atomic(path: str, data: dict) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -414,7 +422,7 @@ def main(argv=None) -> int:
     if explain and args.pmis is None:
         cfg["run"]["pmis"] = 5
     if explain:
-        print(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
+        say(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
     run_dir = new_run_dir(cfg["launch"]["out"])
     logsetup.setup("launcher", run_dir)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
@@ -428,14 +436,14 @@ def main(argv=None) -> int:
     results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
                "error": None}
     code = EXIT_OK
-    print(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
+    say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
           f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
           f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
-          f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}", flush=True)
+          f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}")
     try:
         launcher.start()
         for run, policy in enumerate(cfg["run"]["policies"]):
-            print(f"  running policy {policy} ...", flush=True)
+            say(f"  running policy {policy} ...")
             launcher.run_policy(run, policy)
         results["complete"] = True
     except KeyboardInterrupt:
@@ -453,33 +461,33 @@ def main(argv=None) -> int:
         results["launcher_protocol_errors"] = dict(launcher.errors.counts)
         write_atomic(os.path.join(run_dir, "results.json"), results)
     if results["runs"]:
-        print()
-        print(report.table(results["runs"]))
+        say()
+        say(report.table(results["runs"]))
     for r in results["runs"]:
         for c in r.get("guest_program", {}).get("checks", []):
-            print(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
+            say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
                   f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
         shown: dict[str, int] = {}
         for v in report.failed_checks(r):
             shown[v["kind"]] = shown.get(v["kind"], 0) + 1
             if shown[v["kind"]] <= report.SHOW_PER_KIND:
-                print(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
+                say(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
                       f"{v['counter']}: {v['detail']}")
         for kind, n in shown.items():
             if n > report.SHOW_PER_KIND:
-                print(f"  VIOLATION [{r['policy']}] {kind}: {n - report.SHOW_PER_KIND} more "
+                say(f"  VIOLATION [{r['policy']}] {kind}: {n - report.SHOW_PER_KIND} more "
                       "(all in results.json)")
     if explain:
         for r in results["runs"]:
-            print("\n" + report.breakdown(r))
+            say("\n" + report.breakdown(r))
     unclean = {n: c for n, c in results["exit_codes"].items() if c != 0}
     if code == EXIT_OK and unclean:
-        print(f"launch: processes did not exit cleanly: {unclean} (negative: killed by that "
-              "signal)", file=sys.stderr)
+        say(f"launch: processes did not exit cleanly: {unclean} (negative: killed by that "
+            "signal)", file=sys.stderr)
         code = EXIT_ERROR
     if code == EXIT_OK and any(report.failed_checks(r) for r in results["runs"]):
         code = EXIT_CHECK_FAILED
-    print(f"\nresults: {os.path.join(run_dir, 'results.json')}")
+    say(f"\nresults: {os.path.join(run_dir, 'results.json')}")
     return code
 
 
