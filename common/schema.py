@@ -133,6 +133,7 @@ class PerfCall:
     args: dict
     retired: dict
     now_ns: int = 0                # the caller's modeled clock (drives perf's deferred work)
+    stretches: list = dataclasses.field(default_factory=list)  # see Exit.stretches
 
 
 @dataclasses.dataclass
@@ -145,6 +146,7 @@ class PerfReply:
     budget: dict                   # event kind -> events that may retire before the next overflow
     oncpu: dict                    # event handle (str) -> oncpu after this call
     error: str = ""
+    filtered: list = dataclasses.field(default_factory=list)  # [kind, cmask, inv, edge, left]
 
 
 @dataclasses.dataclass
@@ -174,6 +176,9 @@ class Exit:
     value: int                     # WRMSR data, CPUID subleaf
     retired: dict
     in_nmi: bool = False           # the guest is inside its NMI handler (NMIs blocked)
+    stretches: list = dataclasses.field(default_factory=list)
+    # [cycles, {kind: events}, [y0 num, den], [y1 num, den]] for each stretch of a retire call
+    # since the last exit: what EDGE/INV/CMASK counters need (common/filters.py)
 
 
 @dataclasses.dataclass
@@ -185,6 +190,7 @@ class Entry:
     values: list = dataclasses.field(default_factory=list)   # CPUID: eax, ebx, ecx, edx
     nmi_window: bool = False       # an NMI waits for the guest's IRET: exit when NMIs unblock
     stop: str = ""                 # the run's budget is spent: the guest must stop (the reason)
+    filtered: list = dataclasses.field(default_factory=list)  # as PerfReply.filtered
 
 
 @dataclasses.dataclass

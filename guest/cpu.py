@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import collections
+from fractions import Fraction
 
-from common import msr, schema, transport
+from common import filters, msr, schema, transport
 from common.schema import MsgType
 from guest.oracle import Oracle
 from guest.workload import Workload
@@ -31,7 +32,9 @@ class GuestCpu:
         self.oracle = oracle
         self.max_exits = max_exits
         self.budget: dict[str, int] = {}
+        self.filtered: list[list] = []       # EDGE/INV/CMASK counters: [kind, cmask, inv, edge, left]
         self.unsent: collections.Counter = collections.Counter()  # retired since the last exit
+        self.unsent_stretches: list = []
         self.in_nmi = False
         self.nmi_window = False
         self.if_flag = True
@@ -52,8 +55,10 @@ class GuestCpu:
     # --- the exit itself ------------------------------------------------------------------------
 
     def _exit(self, reason: str, index: int = 0, value: int = 0) -> schema.Entry:
-        self.chan.send(schema.Exit(reason, index, value, dict(self.unsent), self.in_nmi))
+        self.chan.send(schema.Exit(reason, index, value, dict(self.unsent), self.in_nmi,
+                                   self.unsent_stretches))
         self.unsent.clear()
+        self.unsent_stretches = []
         self.exits[reason] += 1
         while True:
             _, msg = self.chan.recv(transport.DEFAULT_TIMEOUT_S, self.stop)
@@ -71,6 +76,7 @@ class GuestCpu:
         if self.stop_reason and self.raise_on_stop and reason != "done":
             raise RunStopped(self.stop_reason)
         self.budget = dict(entry.budget)
+        self.filtered = [list(f) for f in entry.filtered]
         self.nmi_window = entry.nmi_window
         if entry.gp:
             self.gp_faults += 1
@@ -189,24 +195,36 @@ class GuestCpu:
             branch_misses=branch_misses, llc_refs=llc_refs, llc_misses=llc_misses))
 
     def retire_events(self, events: dict[str, int]) -> None:
-        """Retire ``events`` evenly interleaved, exiting exactly where a host counter overflows
-        (the budget KVM handed out), so that a PMI lands after the overflowing event."""
-        left = {k: v for k, v in events.items() if v > 0}
-        while left:
-            limits = dict(self.budget)
-            if self.tick_handler is not None:
-                limits["cycles"] = min(limits.get("cycles", self.next_tick - self.cycles),
-                                       self.next_tick - self.cycles)
-            part = self._fit(left, limits)
+        """Retire ``events`` evenly interleaved over their cycles, exiting exactly where a host
+        counter overflows (the budget KVM handed out), so that a PMI lands after the
+        overflowing event. Positions run along the chunk's cycle axis and may fall inside a
+        cycle: there, events of one kind have retired and others not yet."""
+        chunk = {k: v for k, v in events.items() if v > 0}
+        if not chunk:
+            return
+        cycles = chunk.get("cycles", 0)
+        axis = cycles or 1
+        y = Fraction(0)
+        while y < axis:
+            y1 = self._next_stop(chunk, axis, y)
+            part = {k: (y1 * n // axis) - (y * n // axis) for k, n in chunk.items()}
+            part = {k: n for k, n in part.items() if n}
+            stretch = [cycles, chunk, [y.numerator, y.denominator],
+                       [y1.numerator, y1.denominator]]
             for k, n in part.items():
                 self.unsent[k] += n
-                left[k] -= n
                 if k in self.budget:
                     self.budget[k] -= n
+            for entry in self.filtered:
+                kind, cmask, inv, edge, _ = entry
+                entry[4] -= filters.count(filters.Filter(cmask, inv, edge), cycles,
+                                          chunk.get(kind, 0), y, y1, False)[0]
+            self.unsent_stretches.append(stretch)
             self.cycles += part.get("cycles", 0)
-            left = {k: v for k, v in left.items() if v > 0}
-            self.oracle.retire(part)
-            if any(self.budget[k] <= 0 for k in self.budget):
+            self.oracle.retire(part, stretch)
+            y = y1
+            if any(left <= 0 for left in self.budget.values()) or \
+                    any(entry[4] <= 0 for entry in self.filtered):
                 self._exit("budget")
                 if self.stop_reason:
                     return
@@ -214,19 +232,23 @@ class GuestCpu:
                 self.next_tick += self.tick_cycles
                 self.tick_handler(self)
 
-    def _fit(self, chunk: dict[str, int], limits: dict[str, int]) -> dict[str, int]:
-        """The largest leading share of ``chunk`` that spends no limit beyond zero."""
-        limit, fraction = None, None
-        for k in msr.EVENT_KINDS:
-            if chunk.get(k, 0) > 0 and k in limits:
-                f = (limits[k], chunk[k])
-                if f[0] < f[1] and (fraction is None or f[0] * fraction[1] < fraction[0] * f[1]):
-                    limit, fraction = k, f
-        if limit is None:
-            return dict(chunk)
-        num, den = fraction
-        if num <= 0:
-            raise BudgetStuck(f"budget for {limit} is {num}: nothing can retire")
-        part = {k: v * num // den for k, v in chunk.items()}
-        part[limit] = num
-        return part
+    def _next_stop(self, chunk: dict[str, int], axis: int, y: Fraction) -> Fraction:
+        """The first position after ``y`` where a budget (or the tick) runs out, or the end."""
+        limits = dict(self.budget)
+        if self.tick_handler is not None:
+            limits["cycles"] = min(limits.get("cycles", self.next_tick - self.cycles),
+                                   self.next_tick - self.cycles)
+        stop = Fraction(axis)
+        for kind in msr.EVENT_KINDS:
+            n = chunk.get(kind, 0)
+            if n and kind in limits:
+                target = y * n // axis + limits[kind]
+                stop = min(stop, Fraction(target * axis, n))
+        for kind, cmask, inv, edge, left in self.filtered:
+            at = filters.reach(filters.Filter(cmask, inv, edge), chunk.get("cycles", 0),
+                               chunk.get(kind, 0), y, False, left)
+            if at is not None:
+                stop = min(stop, Fraction(at))
+        if stop <= y:
+            raise BudgetStuck(f"a budget of {limits} lets nothing retire")
+        return stop

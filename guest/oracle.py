@@ -6,7 +6,9 @@ nothing from kvm/ or host/: a policy that is fast and wrong shows up here as wro
 """
 from __future__ import annotations
 
-from common import msr
+from fractions import Fraction
+
+from common import filters, msr
 
 
 class Oracle:
@@ -65,11 +67,18 @@ class Oracle:
             return None, False
         return msr.evtsel_kind(sel), bool(sel & msr.EVTSEL_INT)
 
-    def retire(self, events: dict, cpl: int = 3) -> None:
-        """Events retired in one stretch with no exit in between."""
+    def retire(self, events: dict, stretch: list | None = None, cpl: int = 3) -> None:
+        """Events retired in one stretch with no exit in between; ``stretch`` places them in
+        their retire call, for counters with EDGE/INV/CMASK."""
         for idx in self.value:
             kind, intr = self.counting(idx, cpl)
-            n = events.get(kind, 0) if kind else 0
+            flt = filters.of(self.evtsel[idx]) if idx < msr.FIXED_IDX_BASE and kind else None
+            if flt is not None and stretch is not None:
+                cycles, chunk, y0, y1 = stretch
+                n = filters.count(flt, cycles, chunk.get(kind, 0), Fraction(*y0), Fraction(*y1),
+                                  False)[0]
+            else:
+                n = events.get(kind, 0) if kind else 0
             if n <= 0:
                 continue
             if intr and idx in self.pending and not self.held():

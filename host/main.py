@@ -76,7 +76,7 @@ class HostServer:
             self.send(schema.Error("wrong_type", f"retired events {bad}", call.id), peer)
             return
         perf.advance_time(call.now_ns)
-        for ev in perf.account(owner, call.retired):
+        for ev in perf.account(owner, call.retired, call.stretches):
             self.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
         ledger = Ledger()
         cpu = call.args.get("cpu")
@@ -123,7 +123,8 @@ class HostServer:
         tally[0] += 1
         tally[1] += cost
         self.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
-                                        perf.budget(owner), perf.oncpu(owner), error), peer)
+                                   perf.budget(owner), perf.oncpu(owner), error,
+                                   perf.filtered_budget(owner)), peer)
 
     def report(self) -> dict:
         perf = self.perf

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from common import costs, msr
+from fractions import Fraction
+
+from common import costs, filters, msr
 from common.costs import Ledger
 from common.topology import Topology
 from host.pmu import PhysicalPMU
@@ -50,6 +52,7 @@ class PerfEvent:
     period_left: int = 0
     time_enabled: int = 0      # in guest cycles retired while enabled / while on a counter
     time_running: int = 0
+    filter: filters.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
 
     @property
     def armed_period(self) -> int:
@@ -245,6 +248,9 @@ class HostPerf:
         bound = task.cpu if self.event_binding == "cpu" else -1
         ev = self._new_event(owner, owner, bound, kind, bool(args.get("exclude_user")),
                              bool(args.get("exclude_kernel")), period, args.get("context", -1))
+        if args.get("cmask"):
+            ev.filter = filters.Filter(args["cmask"], bool(args.get("inv")),
+                                       bool(args.get("edge")))
         task.events.append(ev)
         ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
         ledger.charge("local_function_call")
@@ -321,9 +327,11 @@ class HostPerf:
         if cpu != -1:
             self.pcpu_clock[cpu] = self.pcpu_clock.get(cpu, 0) + ns
 
-    def account(self, name: str, retired: dict, cpl: int = 3) -> list[PerfEvent]:
+    def account(self, name: str, retired: dict, stretches: list = (),
+                cpl: int = 3) -> list[PerfEvent]:
         """Count what the guest retired on the task's pCPU; return the events that overflowed
-        and whose owner must be called back, in counter order."""
+        and whose owner must be called back, in counter order. Filtered events count the
+        cycles of ``stretches`` that meet their condition."""
         task = self.task(name)
         overflowed = []
         cycles = retired.get("cycles", 0)
@@ -339,7 +347,7 @@ class HostPerf:
                     lost[ev.context] = lost.get(ev.context, 0) + retired[ev.kind]
                 continue
             ev.time_running += cycles
-            n = retired.get(ev.kind, 0)
+            n = self.increments(ev, retired, stretches)
             if n <= 0:
                 continue
             ev.count += n
@@ -349,6 +357,13 @@ class HostPerf:
                 if ev.sample_period:
                     overflowed.append(ev)
         return overflowed
+
+    @staticmethod
+    def increments(ev: PerfEvent, retired: dict, stretches) -> int:
+        if ev.filter is None:
+            return retired.get(ev.kind, 0)
+        return sum(filters.count(ev.filter, cycles, chunk.get(ev.kind, 0), Fraction(*y0),
+                                 Fraction(*y1), False)[0] for cycles, chunk, y0, y1 in stretches)
 
     def _host_pmi(self, ev: PerfEvent) -> None:
         """intel_pmu_handle_irq for one counter: update the count (done), re-arm the period."""
@@ -367,9 +382,16 @@ class HostPerf:
         out: dict[str, int] = {}
         task = self.task(name)
         for ev in task.events:
-            if ev.slot is not None and ev.oncpu == task.cpu:
+            if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is None:
                 out[ev.kind] = min(out.get(ev.kind, ev.period_left), ev.period_left)
         return out
+
+    def filtered_budget(self, name: str) -> list[list]:
+        """The same for EDGE/INV/CMASK events: [kind, cmask, inv, edge, increments left]."""
+        task = self.task(name)
+        return [[ev.kind, ev.filter.cmask, ev.filter.inv, ev.filter.edge, ev.period_left]
+                for ev in task.events
+                if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is not None]
 
     def oncpu(self, name: str) -> dict[str, int]:
         return {str(ev.handle): ev.oncpu for ev in self.task(name).events}

@@ -127,9 +127,12 @@ class KvmPmu:
         kind, user, kernel = self.event_of(pmc)
         if kind is None:
             return                                    # an event the host PMU cannot count
+        sel = 0 if pmc.fixed else pmc.eventsel
         result = self.perf.call("create", kind=kind, exclude_user=not user,
                                 exclude_kernel=not kernel, sample_period=period,
-                                context=pmc.idx, intr=pmc.intr)
+                                context=pmc.idx, intr=pmc.intr,
+                                cmask=(sel & msr.EVTSEL_CMASK) >> 24,
+                                inv=bool(sel & msr.EVTSEL_INV), edge=bool(sel & msr.EVTSEL_EDGE))
         pmc.perf_event = result["handle"]
         pmc.oncpu = result["oncpu"]
         pmc.current_config = self.config_of(pmc)

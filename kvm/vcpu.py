@@ -41,6 +41,8 @@ class HostLink:
         self.stop = stop
         self.pmu: KvmPmu | None = None
         self.pending: collections.Counter = collections.Counter()   # retired, not yet sent
+        self.stretches: list = []
+        self.filtered: list = []      # filtered events' budget, from the last reply
         self.budget: dict[str, int] = {}
         self.next_id = 1
         self.now_ns = 0                  # the vCPU's modeled clock, passed to the host
@@ -51,8 +53,10 @@ class HostLink:
         call_id = self.next_id
         self.next_id += 1
         self.calls[op] += 1
-        self.chan.send(schema.PerfCall(call_id, op, args, dict(self.pending), self.now_ns))
+        self.chan.send(schema.PerfCall(call_id, op, args, dict(self.pending), self.now_ns,
+                                       self.stretches))
         self.pending.clear()
+        self.stretches = []
         while True:
             try:
                 _, msg = self.chan.recv(self.timeout_s, self.stop)
@@ -75,6 +79,7 @@ class HostLink:
         for name, times in reply.ledger.items():
             self.ledger.charge(name, times)
         self.budget = reply.budget
+        self.filtered = reply.filtered
         for pmc in self.pmu.pmcs():
             if pmc.perf_event is not None:
                 pmc.oncpu = reply.oncpu.get(str(pmc.perf_event), -1)
@@ -82,10 +87,16 @@ class HostLink:
             raise PerfCallRefused(reply.error)
         return reply.result
 
-    def retired(self, events: dict) -> bool:
+    def retired(self, events: dict, stretches: list) -> bool:
         """Take what the guest retired; True when that spent a budget (a hardware overflow)."""
         self.pending.update(events)
+        self.stretches += stretches
         return any(self.pending[k] >= left for k, left in self.budget.items())
+
+    @property
+    def must_count(self) -> bool:
+        """Filtered events count cycles only the host can judge: they see every exit."""
+        return bool(self.filtered and self.stretches)
 
     def guest_budget(self, cycles_to_tick: int) -> dict:
         """What the guest may retire before a host counter overflows or the time slice ends."""
@@ -256,12 +267,13 @@ class VcpuThread(threading.Thread):
         overflows = self.pmu.stats["overflows"]
         if ex.reason == "hypercall":
             self.migrator.request(ex.index, "next-overflow" if ex.value else "now")
-        if self.host.retired(retired):
+        spent = self.host.retired(retired, ex.stretches)
+        if spent or self.host.must_count:
             self.sync_clock()
             self.host.call("account")          # the host PMI that interrupted the guest
-            reason = "host_pmi" if ex.reason == "budget" else reason
-        elif ex.reason == "budget":
-            reason = "host_timer"              # the time slice ended
+        if ex.reason == "budget":              # a host counter overflowed, or the slice ended
+            spent = spent or self.pmu.stats["overflows"] > overflows
+            reason = "host_pmi" if spent else "host_timer"
         self.exits[reason] += 1
         self.sync_clock()
         if self.host.now_ns >= self.next_tick:
@@ -351,6 +363,7 @@ class VcpuThread(threading.Thread):
         self.sync_clock()
         ticks = int((self.next_tick - self.host.now_ns) * self.ghz)
         entry.budget = self.host.guest_budget(max(ticks, 1))
+        entry.filtered = self.host.filtered
         guest.send(entry, peer)
 
     def timed_handle_event(self) -> None:

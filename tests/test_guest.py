@@ -16,7 +16,7 @@ def program_runs(tmp_path, name):
     return proc, {r["policy"]: r for r in results["runs"]}
 
 
-@pytest.mark.parametrize("name", ["exact_count.py", "gp_rules.py"])
+@pytest.mark.parametrize("name", ["exact_count.py", "gp_rules.py", "cmask_edge_inv.py"])
 def test_programs_pass_under_every_policy(tmp_path, name):
     proc, runs = program_runs(tmp_path, name)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -120,3 +120,15 @@ def test_cost_totals_are_linear_in_the_parameters():
     bumped = costs.resolve({"cacheline_transfer_cross_socket": base[
         "cacheline_transfer_cross_socket"] + 10})
     assert led.total(bumped) - led.total(base) == 10 * led["cacheline_transfer_cross_socket"]
+
+
+def test_a_cmask_event_counts_qualifying_cycles_and_budgets_them():
+    host, led = new_host(), Ledger()
+    host.sched_in("t", 0, led)
+    ev = host.create("t", dict(ARGS, kind="instructions", sample_period=600, cmask=3), led)
+    assert host.budget("t") == {} and host.filtered_budget("t") == [
+        ["instructions", 3, False, False, 600]]
+    # 5,000 instructions over 2,000 cycles: 1,000 cycles retire 3, the others 2
+    stretch = [2000, {"instructions": 5000, "cycles": 2000}, [0, 1], [1000, 1]]
+    assert host.account("t", {"instructions": 2500, "cycles": 1000}, [stretch]) == []
+    assert ev.count == 500 and host.filtered_budget("t")[0][4] == 100
