@@ -110,7 +110,8 @@ class HostServer:
             ok, error = False, f"{call.op}: {exc}"
             self.errors.record("perf_refused", f"{call.op}: {exc}", owner)
         target = str(call.args.get("handle", result.get("handle", "")))
-        for handle, oncpu in perf.oncpu(owner).items():
+        after = perf.oncpu(owner)
+        for handle, oncpu in after.items():
             if handle != target and before.get(handle, oncpu) != oncpu:
                 ev = perf.events[int(handle)]
                 if ev.error:
@@ -123,7 +124,7 @@ class HostServer:
         tally[0] += 1
         tally[1] += cost
         self.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
-                                   perf.budget(owner), perf.oncpu(owner), error,
+                                   perf.budget(owner), after, error,
                                    perf.filtered_budget(owner)), peer)
 
     def report(self) -> dict:

@@ -353,14 +353,15 @@ class VcpuThread(threading.Thread):
             self.nmi_pending = True
         else:
             self.nmi_late = False
-        if self.nmi_pending and not self.nmi_blocked and not self.nmi_late:
+        injected_nmi = self.nmi_pending and not self.nmi_blocked and not self.nmi_late
+        if injected_nmi:
             self.nmi_pending = False
             guest.send(schema.Inject("nmi", 2), peer)
             self.injected += 1
-            self.sync_clock()
-            self.nmi_started = (time.perf_counter_ns(), self.host.now_ns)
         entry.nmi_window = self.nmi_pending and self.nmi_blocked
         self.sync_clock()
+        if injected_nmi:
+            self.nmi_started = (time.perf_counter_ns(), self.host.now_ns)
         ticks = int((self.next_tick - self.host.now_ns) * self.ghz)
         entry.budget = self.host.guest_budget(max(ticks, 1))
         entry.filtered = self.host.filtered
@@ -383,15 +384,13 @@ class VcpuThread(threading.Thread):
 
     def report(self) -> dict:
         total_ns = self.guest_ns + self.ledger.total(self.params)
-        calls = self.he_modeled.count
         return {
             "vcpu": self.index, "pcpu": self.pcpu, "failure": self.failure,
             "handle_event": {"measured_ns": self.he_measured.to_dict(),
                              "modeled_ns": self.he_modeled.to_dict(),
                              "by_reason": dict(self.pmu.stats["handle_event"]),
-                             "modeled_by_param": {k: v * self.params[k] / calls
-                                                  for k, v in self.he_ledger.items()}
-                             if calls else {}},
+                             "modeled_ns_by_param": {k: v * self.params[k]
+                                                     for k, v in self.he_ledger.items()}},
             "reprogram_counter": dict(self.pmu.stats["reprogram_counter"]),
             "perf_calls": {op: self.host.calls[op] for op in PERF_API_OPS},
             "overflows": self.pmu.stats["overflows"],

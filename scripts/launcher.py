@@ -333,16 +333,19 @@ class Launcher:
                                  self.cfg["run"]["timeout_s"])[1].body.reason
         except KeyboardInterrupt:
             reason = "interrupted"               # collect what was counted so far
-        reports = {}
-        for name in ("guest-vm0", "kvm-vm0", "host"):
-            self.control.send(schema.Finish(run), name.encode())
-            reports[name] = self.expect(MsgType.REPORT, {name}, 10, interruptible=False)[1].body.stats
+        reports = {name: self.final_report(name, run, 10)
+                   for name in ("guest-vm0", "kvm-vm0", "host")}
         wall = time.monotonic() - t0
         self.runs.append(report.build_run(policy, cfg, preset(cfg["host"]["preset"]),
                                           reports["host"], reports["kvm-vm0"],
                                           reports["guest-vm0"], wall, reason))
         if reason == "interrupted":
             raise KeyboardInterrupt
+
+    def final_report(self, name: str, run: int, timeout_s: float) -> dict:
+        """FINISH one process's run and wait for what it counted, even after Ctrl-C."""
+        self.control.send(schema.Finish(run), name.encode())
+        return self.expect(MsgType.REPORT, {name}, timeout_s, interruptible=False)[1].body.stats
 
     def collect_partial(self, run: int, lost: str | None) -> dict:
         """After a failure: what the processes still alive counted so far."""
@@ -353,9 +356,7 @@ class Launcher:
             if name in self.children and not self.children[name].alive():
                 continue
             try:
-                self.control.send(schema.Finish(run), name.encode())
-                reports[name] = self.expect(MsgType.REPORT, {name}, 5,
-                                            interruptible=False)[1].body.stats
+                reports[name] = self.final_report(name, run, 5)
             except (LaunchError, transport.PeerLost):
                 continue
         return reports

@@ -29,11 +29,7 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
     migrations = add_counts(v["migrations"] for v in kv)
     total_ns = sum(v["modeled_total_ns"] for v in kv)
     guest_ns = sum(v["modeled_guest_ns"] for v in kv)
-    by_param = collections.Counter()
-    for v in kv:
-        n = v["handle_event"]["modeled_ns"]["count"]
-        for k, ns in v["handle_event"]["modeled_by_param"].items():
-            by_param[k] += ns * n
+    by_param = add_counts(v["handle_event"]["modeled_ns_by_param"] for v in kv)
     calls = sum(m["count"] for m in modeled)
     nmi_measured = [v["nmi_handler"]["measured_ns"] for v in kv]
     nmi_modeled = [v["nmi_handler"]["modeled_ns"] for v in kv]
