@@ -134,16 +134,14 @@ class GuestCpu:
         o = self.oracle
         if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
             o.check_status(value)
-        for base, first in ((msr.MSR_IA32_PERFCTR0, 0), (msr.MSR_IA32_PMC0, 0),
-                            (msr.MSR_CORE_PERF_FIXED_CTR0, msr.FIXED_IDX_BASE)):
-            idx = first + index - base
-            if 0 <= index - base < 8 and idx in o.value:
-                o.check_counter(idx, value)
+        named = msr.counter_msr(index)
+        if named is not None and named[0] in o.value:
+            o.check_counter(named[0], value)
 
     def rdpmc_safe(self, ecx: int) -> tuple[bool, int]:
         entry = self._exit("rdpmc", ecx)
         if not entry.gp:
-            idx = (msr.FIXED_IDX_BASE + (ecx & 0xFFFF)) if ecx & msr.RDPMC_FIXED else ecx
+            idx = msr.rdpmc_counter(ecx)
             if idx in self.oracle.value:
                 self.oracle.check_counter(idx, entry.value)
         return entry.gp, entry.value

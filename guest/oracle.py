@@ -31,15 +31,11 @@ class Oracle:
 
     def wrmsr(self, index: int, value: int) -> None:
         """Mirror a WRMSR that completed (no #GP)."""
-        if msr.MSR_IA32_PERFCTR0 <= index < msr.MSR_IA32_PERFCTR0 + self.nr_gp:
-            self.value[index - msr.MSR_IA32_PERFCTR0] = msr.sign_extend_32(value) & msr.COUNTER_MASK
-        elif msr.MSR_IA32_PMC0 <= index < msr.MSR_IA32_PMC0 + self.nr_gp:
-            self.value[index - msr.MSR_IA32_PMC0] = value & msr.COUNTER_MASK
-        elif msr.MSR_CORE_PERF_FIXED_CTR0 <= index < msr.MSR_CORE_PERF_FIXED_CTR0 + self.nr_fixed:
-            self.value[msr.FIXED_IDX_BASE + index - msr.MSR_CORE_PERF_FIXED_CTR0] = \
-                value & msr.COUNTER_MASK
-        elif msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + self.nr_gp:
-            self.evtsel[index - msr.MSR_P6_EVNTSEL0] = value
+        counter, gp = msr.counter_msr(index), msr.evtsel_msr(index)
+        if counter is not None and counter[0] in self.value:
+            self.value[counter[0]] = msr.written_value(counter[1], value) & msr.COUNTER_MASK
+        elif gp in self.evtsel:
+            self.evtsel[gp] = value
         elif index == msr.MSR_CORE_PERF_FIXED_CTR_CTRL:
             self.fixed_ctrl = value
         elif index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
@@ -54,18 +50,18 @@ class Oracle:
     def counting(self, idx: int, cpl: int) -> tuple[str | None, bool]:
         """The kind counter ``idx`` counts right now at privilege ``cpl``, and whether it
         interrupts on overflow."""
-        if not self.global_ctrl & (1 << idx):
+        fixed = idx >= msr.FIXED_IDX_BASE
+        config = msr.fixed_field(self.fixed_ctrl, idx - msr.FIXED_IDX_BASE) if fixed \
+            else self.evtsel[idx]
+        if not msr.counter_enabled(idx, config, self.global_ctrl):
             return None, False
-        if idx >= msr.FIXED_IDX_BASE:
-            field = msr.fixed_field(self.fixed_ctrl, idx - msr.FIXED_IDX_BASE)
+        if fixed:
             mode = msr.FIXED_CTRL_OS if cpl == 0 else msr.FIXED_CTRL_USR
-            kind = msr.FIXED_EVENTS[idx - msr.FIXED_IDX_BASE] if field & mode else None
-            return kind, bool(field & msr.FIXED_CTRL_PMI)
-        sel = self.evtsel[idx]
-        mode = msr.EVTSEL_OS if cpl == 0 else msr.EVTSEL_USR
-        if not sel & msr.EVTSEL_EN or not sel & mode:
+            kind = msr.FIXED_EVENTS[idx - msr.FIXED_IDX_BASE] if config & mode else None
+            return kind, bool(config & msr.FIXED_CTRL_PMI)
+        if not config & (msr.EVTSEL_OS if cpl == 0 else msr.EVTSEL_USR):
             return None, False
-        return msr.evtsel_kind(sel), bool(sel & msr.EVTSEL_INT)
+        return msr.evtsel_kind(config), bool(config & msr.EVTSEL_INT)
 
     def retire(self, events: dict, stretch: list | None = None, cpl: int = 3) -> None:
         """Events retired in one stretch with no exit in between; ``stretch`` places them in

@@ -24,8 +24,6 @@ from common.costs import Ledger
 from common.topology import Topology
 from host.pmu import PhysicalPMU
 
-# Intel with full-width writes: x86_pmu.max_period = cntval_mask >> 1.
-MAX_PERIOD = msr.COUNTER_MASK >> 1
 STATIC_KEY_DISABLE_DELAY_NS = 1_000_000_000     # schedule_delayed_work(&perf_sched_work, HZ)
 
 
@@ -56,7 +54,7 @@ class PerfEvent:
 
     @property
     def armed_period(self) -> int:
-        return min(self.sample_period or MAX_PERIOD, MAX_PERIOD)
+        return min(self.sample_period or msr.MAX_PERIOD, msr.MAX_PERIOD)
 
     def counts(self, cpl: int) -> bool:
         return not (self.exclude_kernel if cpl == 0 else self.exclude_user)
@@ -373,7 +371,7 @@ class HostPerf:
             left = period
         elif left <= 0:
             left += period
-        ev.period_left = min(left, MAX_PERIOD)
+        ev.period_left = min(left, msr.MAX_PERIOD)
         if ev.sample_period:
             self.stats["overflows_to_owner"] += 1
 

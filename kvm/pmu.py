@@ -95,8 +95,7 @@ class KvmPmu:
 
     def enabled(self, pmc: KvmPmc) -> bool:
         """Both enables: the counter's own (EN / fixed field) and its GLOBAL_CTRL bit."""
-        local = pmc.eventsel & 0x3 if pmc.fixed else pmc.eventsel & msr.EVTSEL_EN
-        return bool(local) and bool(self.global_ctrl & pmc.bit)
+        return msr.counter_enabled(pmc.idx, pmc.eventsel, self.global_ctrl)
 
     # --- counters and the host event ------------------------------------------------------------
 
@@ -189,15 +188,16 @@ class KvmPmu:
     # --- MSR emulation --------------------------------------------------------------------------
 
     def _counter_msr(self, index: int) -> tuple[KvmPmc | None, str]:
-        """Map a counter MSR to its pmc and the kind of access ('legacy', 'full', 'fixed')."""
-        if msr.MSR_IA32_PERFCTR0 <= index < msr.MSR_IA32_PERFCTR0 + 8:
-            return self.pmc(index - msr.MSR_IA32_PERFCTR0), "legacy"
-        if msr.MSR_IA32_PMC0 <= index < msr.MSR_IA32_PMC0 + 8:
-            return self.pmc(index - msr.MSR_IA32_PMC0), "full"
-        if msr.MSR_CORE_PERF_FIXED_CTR0 <= index < msr.MSR_CORE_PERF_FIXED_CTR0 + 8:
-            j = index - msr.MSR_CORE_PERF_FIXED_CTR0
-            return (self.fixed[j] if j < self.nr_fixed else None), "fixed"
-        return None, ""
+        """The pmc a counter MSR names on this vCPU (get_gp_pmc / get_fixed_pmc) and the kind of
+        access (common/msr.py counter_msr)."""
+        named = msr.counter_msr(index)
+        if named is None:
+            return None, ""
+        return self.pmc(named[0]), named[1]
+
+    def _evtsel_msr(self, index: int) -> KvmPmc | None:
+        gp = msr.evtsel_msr(index)
+        return None if gp is None else self.pmc(gp)
 
     def _legacy_p6(self, index: int) -> bool:
         """PERFCTR0/1 (0xC1/0xC2) exist on every P6-class CPU: KVM drops writes and reads 0."""
@@ -217,10 +217,9 @@ class KvmPmu:
             return msr.PERF_CAP_FW_WRITE
         if index == msr.MSR_X2APIC_LVTPC:
             return self.lvtpc
-        if msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + 8:
-            pmc = self.pmc(index - msr.MSR_P6_EVNTSEL0)
-            if pmc is not None:
-                return pmc.eventsel
+        pmc = self._evtsel_msr(index)
+        if pmc is not None:
+            return pmc.eventsel
         pmc, _ = self._counter_msr(index)
         if pmc is not None:
             return self.read_counter(pmc)
@@ -248,15 +247,13 @@ class KvmPmu:
             return None
         if index == msr.MSR_X2APIC_EOI:
             return None
-        if msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + 8:
-            pmc = self.pmc(index - msr.MSR_P6_EVNTSEL0)
-            if pmc is not None:
-                return self._set_eventsel(pmc, data)
+        pmc = self._evtsel_msr(index)
+        if pmc is not None:
+            return self._set_eventsel(pmc, data)
         pmc, access = self._counter_msr(index)
         if pmc is not None:
-            if access == "legacy":
-                data = msr.sign_extend_32(data)
-            elif data & ~self.counter_bitmask:
+            data = msr.written_value(access, data)
+            if access != "legacy" and data & ~self.counter_bitmask:
                 raise GuestFault(f"WRMSR {index:#x} = {data:#x}: bits above the counter width")
             self.policy.write_counter(self, pmc, data & self.counter_bitmask)
             self.pmc_in_use |= pmc.bit
@@ -302,9 +299,8 @@ class KvmPmu:
         self.ledger.charge("msr_emulation")
         if ecx & msr.RDPMC_FAST:
             raise GuestFault(f"RDPMC {ecx:#x}: fast reads are not supported")
-        idx = ecx & ~msr.RDPMC_FIXED
-        pmc = self.pmc(msr.FIXED_IDX_BASE + idx if ecx & msr.RDPMC_FIXED else idx) \
-            if idx < msr.FIXED_IDX_BASE else None
+        idx = msr.rdpmc_counter(ecx)
+        pmc = None if idx is None else self.pmc(idx)
         if pmc is None:
             raise GuestFault(f"RDPMC {ecx:#x}: no such counter")
         return self.read_counter(pmc)

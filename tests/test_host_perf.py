@@ -4,7 +4,8 @@ import pytest
 from common import costs
 from common.costs import Ledger
 from common.topology import preset
-from host.perf import MAX_PERIOD, STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
+from common.msr import MAX_PERIOD
+from host.perf import STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
 
 pytestmark = pytest.mark.timeout(10)
 ARGS = {"kind": "instructions", "sample_period": 100, "context": 0}

@@ -10,6 +10,7 @@ sched-in hook asks kvm_pmu_handle_event to release it. Every period is get_sampl
 """
 from __future__ import annotations
 
+from common import msr
 from kvm.pmu import PerfCallRefused
 from kvm.policies.always import Always
 
@@ -77,8 +78,7 @@ class Reuse(Always):
         for pmc in pmu.pmcs():
             if pmc.perf_event is None or pmu.pmc_in_use & pmc.bit:
                 continue
-            in_use = pmc.eventsel & 0x3 if pmc.fixed else pmc.eventsel & (1 << 22)
-            if not in_use:
+            if not msr.locally_enabled(pmc.idx, pmc.eventsel):
                 pmu.stats["reprogram_counter"]["sched_in_cleanup"] += 1
                 pmu.stop_counter(pmc)
         pmu.pmc_in_use = 0
