@@ -178,7 +178,7 @@ class Exit:
     in_nmi: bool = False           # the guest is inside its NMI handler (NMIs blocked)
     stretches: list = dataclasses.field(default_factory=list)
     # [cycles, {kind: events}, [y0 num, den], [y1 num, den]] for each stretch of a retire call
-    # since the last exit: what EDGE/INV/CMASK counters need (common/filters.py)
+    # since the last exit: what EDGE/INV/CMASK counters need (common/cmask.py)
 
 
 @dataclasses.dataclass

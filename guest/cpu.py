@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 from fractions import Fraction
 
-from common import filters, msr, schema, transport
+from common import cmask, msr, schema, transport
 from common.schema import MsgType
 from guest.oracle import Oracle
 from guest.workload import Workload
@@ -214,8 +214,8 @@ class GuestCpu:
                 if k in self.budget:
                     self.budget[k] -= n
             for entry in self.filtered:
-                kind, cmask, inv, edge, _ = entry
-                entry[4] -= filters.count(filters.Filter(cmask, inv, edge), cycles,
+                kind, threshold, inv, edge, _ = entry
+                entry[4] -= cmask.count(cmask.Filter(threshold, inv, edge), cycles,
                                           chunk.get(kind, 0), y, y1, False)[0]
             self.unsent_stretches.append(stretch)
             self.cycles += part.get("cycles", 0)
@@ -242,8 +242,8 @@ class GuestCpu:
             if n and kind in limits:
                 target = y * n // axis + limits[kind]
                 stop = min(stop, Fraction(target * axis, n))
-        for kind, cmask, inv, edge, left in self.filtered:
-            at = filters.reach(filters.Filter(cmask, inv, edge), chunk.get("cycles", 0),
+        for kind, threshold, inv, edge, left in self.filtered:
+            at = cmask.reach(cmask.Filter(threshold, inv, edge), chunk.get("cycles", 0),
                                chunk.get(kind, 0), y, False, left)
             if at is not None:
                 stop = min(stop, Fraction(at))

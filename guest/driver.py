@@ -68,7 +68,10 @@ def events_from_sessions(sessions: list[dict], ghz: float, watchdog: bool) -> li
     return events
 
 
-class X86Pmu:
+class PerfDriver:
+    """The guest kernel's x86 perf driver on one vCPU: its events, their counters, the PMI
+    handler and the tick."""
+
     def __init__(self, cpu: GuestCpu, events: list[GuestEvent], switch_ms: int = 0):
         self.cpu = cpu
         self.events = events

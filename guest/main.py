@@ -13,7 +13,7 @@ from common import config, logsetup, schema, service, transport
 from common.schema import MsgType
 from common.topology import preset
 from guest.cpu import GuestCpu, RunStopped
-from guest.driver import X86Pmu, events_from_sessions
+from guest.driver import PerfDriver, events_from_sessions
 from guest.oracle import Oracle
 from guest.workload import Workload, streams
 
@@ -34,7 +34,7 @@ class GuestVcpu(threading.Thread):
         self.reason = "not started"
         self.failure: str | None = None
         self.cpu: GuestCpu | None = None
-        self.pmu: X86Pmu | None = None
+        self.driver: PerfDriver | None = None
         self.program_error: str | None = None
 
     def run(self) -> None:
@@ -90,10 +90,11 @@ class GuestVcpu(threading.Thread):
 
     def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, max_exits: int,
                  sessions: list[dict], watchdog: bool, ghz: float, switch_ms: int) -> str:
-        pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog), switch_ms)
-        pmu.start()
+        driver = self.driver = PerfDriver(cpu, events_from_sessions(sessions, ghz, watchdog),
+                                          switch_ms)
+        driver.start()
         reason = "pmis"
-        while pmu.handled < pmis:
+        while driver.handled < pmis:
             if cpu.stop_reason:
                 reason = cpu.stop_reason
                 break
@@ -104,7 +105,7 @@ class GuestVcpu(threading.Thread):
                 reason = "stopped"
                 break
             cpu.retire_events(workload.next_slice())
-        pmu.read()                               # perf reads the counters when events stop
+        driver.read()                            # perf reads the counters when events stop
         return reason
 
     def run_program(self, cpu: GuestCpu, path: str) -> str:
@@ -123,17 +124,17 @@ class GuestVcpu(threading.Thread):
             cpu.raise_on_stop = False
 
     def report(self) -> dict:
-        cpu, pmu = self.cpu, self.pmu
-        events = pmu.report() if pmu else []
+        cpu, driver = self.cpu, self.driver
+        events = driver.report() if driver else []
         return {"vcpu": self.index, "reason": self.reason, "failure": self.failure,
                 "pmis_delivered": cpu.pmis if cpu else 0,
-                "pmis_handled": pmu.handled if pmu else (cpu.pmis if cpu else 0),
+                "pmis_handled": driver.handled if driver else (cpu.pmis if cpu else 0),
                 "samples": sum(e["samples"] for e in events),
                 "event_count": sum(e["count"] for e in events),
                 "events": events,
-                "ticks": pmu.ticks if pmu else 0,
-                "rotations": pmu.rotations if pmu else 0,
-                "context_switches": pmu.switches if pmu else 0,
+                "ticks": driver.ticks if driver else 0,
+                "rotations": driver.rotations if driver else 0,
+                "context_switches": driver.switches if driver else 0,
                 "exits": dict(cpu.exits) if cpu else {},
                 "gp_faults": cpu.gp_faults if cpu else 0,
                 "program": {"checks": cpu.checks if cpu else [], "error": self.program_error},

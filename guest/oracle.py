@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from common import filters, msr
+from common import cmask, msr
 
 
 class Oracle:
@@ -68,10 +68,10 @@ class Oracle:
         their retire call, for counters with EDGE/INV/CMASK."""
         for idx in self.value:
             kind, intr = self.counting(idx, cpl)
-            flt = filters.of(self.evtsel[idx]) if idx < msr.FIXED_IDX_BASE and kind else None
+            flt = cmask.of(self.evtsel[idx]) if idx < msr.FIXED_IDX_BASE and kind else None
             if flt is not None and stretch is not None:
                 cycles, chunk, y0, y1 = stretch
-                n = filters.count(flt, cycles, chunk.get(kind, 0), Fraction(*y0), Fraction(*y1),
+                n = cmask.count(flt, cycles, chunk.get(kind, 0), Fraction(*y0), Fraction(*y1),
                                   False)[0]
             else:
                 n = events.get(kind, 0) if kind else 0

@@ -19,10 +19,10 @@ import dataclasses
 
 from fractions import Fraction
 
-from common import costs, filters, msr
+from common import cmask, costs, msr
 from common.costs import Ledger
 from common.topology import Topology
-from host.pmu import PhysicalPMU
+from host.cpu_hw_events import CpuHwEvents
 
 STATIC_KEY_DISABLE_DELAY_NS = 1_000_000_000     # schedule_delayed_work(&perf_sched_work, HZ)
 
@@ -50,7 +50,7 @@ class PerfEvent:
     period_left: int = 0
     time_enabled: int = 0      # in guest cycles retired while enabled / while on a counter
     time_running: int = 0
-    filter: filters.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
+    filter: cmask.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
 
     @property
     def armed_period(self) -> int:
@@ -72,7 +72,7 @@ class HostPerf:
     def __init__(self, topo: Topology, watchdog: bool, host_pinned: int = 0,
                  busy_pcpus: tuple[int, ...] = (), event_binding: str = "task"):
         self.topo = topo
-        self.pmus = [PhysicalPMU(c, topo.gp_counters, topo.fixed_counters)
+        self.cpuc = [CpuHwEvents(c, topo.gp_counters, topo.fixed_counters)
                      for c in range(topo.ncpus)]
         self.events: dict[int, PerfEvent] = {}
         self.tasks: dict[str, Task] = {}
@@ -100,18 +100,18 @@ class HostPerf:
             for _ in range(host_pinned):
                 self._boot_cpu_event(cpu, "llc_misses")
         for cpu in busy_pcpus:                   # every counter held by host pinned events
-            pmu = self.pmus[cpu]
-            for j, holder in enumerate(pmu.fixed):
+            cpuc = self.cpuc[cpu]
+            for j, holder in enumerate(cpuc.fixed):
                 if holder is None:
                     self._boot_cpu_event(cpu, msr.FIXED_EVENTS[j])
-            for _ in range(pmu.free_gp()):
+            for _ in range(cpuc.free_gp()):
                 self._boot_cpu_event(cpu, "llc_misses")
 
     # --- boot ---------------------------------------------------------------------------------
 
     def _boot_cpu_event(self, cpu: int, kind: str) -> None:
         ev = self._new_event("host", None, cpu, kind, False, False, 0, -1)
-        ev.slot = self.pmus[cpu].assign(ev)
+        ev.slot = self.cpuc[cpu].assign(ev)
         if ev.slot is None:
             raise ValueError(f"pCPU {cpu} has no counter left for a host {kind} event")
         ev.oncpu = cpu
@@ -174,7 +174,7 @@ class HostPerf:
         if cpu == -1 or not ev.enabled or ev.error or ev.slot is not None:
             return
         ledger.charge("x86_counter_schedule")
-        ev.slot = self.pmus[cpu].assign(ev)
+        ev.slot = self.cpuc[cpu].assign(ev)
         if ev.slot is None:
             ev.error = True              # a pinned event with no counter: perf's error state
             self.stats["pinned_errors"] += 1
@@ -186,7 +186,7 @@ class HostPerf:
         if ev.slot is None:
             return
         ledger.charge("pmu_wrmsr")       # clear the event select
-        self.pmus[ev.oncpu].release(ev.slot)
+        self.cpuc[ev.oncpu].release(ev.slot)
         ev.slot, ev.oncpu = None, -1
 
     # --- the perf API KVM calls ----------------------------------------------------------------
@@ -247,7 +247,7 @@ class HostPerf:
         ev = self._new_event(owner, owner, bound, kind, bool(args.get("exclude_user")),
                              bool(args.get("exclude_kernel")), period, args.get("context", -1))
         if args.get("cmask"):
-            ev.filter = filters.Filter(args["cmask"], bool(args.get("inv")),
+            ev.filter = cmask.Filter(args["cmask"], bool(args.get("inv")),
                                        bool(args.get("edge")))
         task.events.append(ev)
         ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
@@ -360,7 +360,7 @@ class HostPerf:
     def increments(ev: PerfEvent, retired: dict, stretches) -> int:
         if ev.filter is None:
             return retired.get(ev.kind, 0)
-        return sum(filters.count(ev.filter, cycles, chunk.get(ev.kind, 0), Fraction(*y0),
+        return sum(cmask.count(ev.filter, cycles, chunk.get(ev.kind, 0), Fraction(*y0),
                                  Fraction(*y1), False)[0] for cycles, chunk, y0, y1 in stretches)
 
     def _host_pmi(self, ev: PerfEvent) -> None:

@@ -19,9 +19,9 @@ def test_event_follows_its_task_between_pcpus():
     host, led = new_host(), Ledger()
     host.sched_in("t", 2, led)
     ev = host.create("t", ARGS, led)
-    assert ev.oncpu == 2 and host.pmus[2].fixed[0] is ev      # instructions prefer fixed 0
+    assert ev.oncpu == 2 and host.cpuc[2].fixed[0] is ev      # instructions prefer fixed 0
     host.sched_out("t", led)
-    assert ev.oncpu == -1 and host.pmus[2].fixed[0] is None
+    assert ev.oncpu == -1 and host.cpuc[2].fixed[0] is None
     host.sched_in("t", 5, led)
     assert ev.oncpu == 5 and host.stats["sched_in_other_cpu"] == 1
 
