@@ -32,9 +32,9 @@ class GuestCpu:
         self.oracle = oracle
         self.max_exits = max_exits
         self.budget: dict[str, int] = {}
-        self.filtered: list[list] = []       # EDGE/INV/CMASK counters: [kind, cmask, inv, edge, left]
+        self.filtered: list[schema.FilteredBudget] = []   # EDGE/INV/CMASK counters' budgets
         self.unsent: collections.Counter = collections.Counter()  # retired since the last exit
-        self.unsent_stretches: list = []
+        self.unsent_stretches: list[schema.Stretch] = []
         self.in_nmi = False
         self.nmi_window = False
         self.if_flag = True
@@ -76,7 +76,7 @@ class GuestCpu:
         if self.stop_reason and self.raise_on_stop and reason != "done":
             raise RunStopped(self.stop_reason)
         self.budget = dict(entry.budget)
-        self.filtered = [list(f) for f in entry.filtered]
+        self.filtered = entry.filtered
         self.nmi_window = entry.nmi_window
         if entry.gp:
             self.gp_faults += 1
@@ -207,22 +207,21 @@ class GuestCpu:
             y1 = self._next_stop(chunk, axis, y)
             part = {k: (y1 * n // axis) - (y * n // axis) for k, n in chunk.items()}
             part = {k: n for k, n in part.items() if n}
-            stretch = [cycles, chunk, [y.numerator, y.denominator],
-                       [y1.numerator, y1.denominator]]
+            stretch = schema.Stretch(cycles, chunk, [y.numerator, y.denominator],
+                                     [y1.numerator, y1.denominator])
             for k, n in part.items():
                 self.unsent[k] += n
                 if k in self.budget:
                     self.budget[k] -= n
-            for entry in self.filtered:
-                kind, threshold, inv, edge, _ = entry
-                entry[4] -= cmask.count(cmask.Filter(threshold, inv, edge), cycles,
-                                          chunk.get(kind, 0), y, y1, False)[0]
-            self.unsent_stretches.append(stretch)
+            for f in self.filtered:
+                f.left -= cmask.count(f.filter, cycles, chunk.get(f.kind, 0), y, y1, False)[0]
+            if self.filtered:                # only the counters the entry named use them
+                self.unsent_stretches.append(stretch)
             self.cycles += part.get("cycles", 0)
             self.oracle.retire(part, stretch)
             y = y1
             if any(left <= 0 for left in self.budget.values()) or \
-                    any(entry[4] <= 0 for entry in self.filtered):
+                    any(f.left <= 0 for f in self.filtered):
                 self._exit("budget")
                 if self.stop_reason:
                     return
@@ -242,9 +241,9 @@ class GuestCpu:
             if n and kind in limits:
                 target = y * n // axis + limits[kind]
                 stop = min(stop, Fraction(target * axis, n))
-        for kind, threshold, inv, edge, left in self.filtered:
-            at = cmask.reach(cmask.Filter(threshold, inv, edge), chunk.get("cycles", 0),
-                               chunk.get(kind, 0), y, False, left)
+        for f in self.filtered:
+            at = cmask.reach(f.filter, chunk.get("cycles", 0), chunk.get(f.kind, 0), y, False,
+                             f.left)
             if at is not None:
                 stop = min(stop, Fraction(at))
         if stop <= y:

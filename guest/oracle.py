@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from common import cmask, msr
+from common import cmask, msr, schema
 
 
 class Oracle:
@@ -63,16 +63,15 @@ class Oracle:
             return None, False
         return msr.evtsel_kind(config), bool(config & msr.EVTSEL_INT)
 
-    def retire(self, events: dict, stretch: list | None = None, cpl: int = 3) -> None:
+    def retire(self, events: dict, stretch: schema.Stretch | None = None, cpl: int = 3) -> None:
         """Events retired in one stretch with no exit in between; ``stretch`` places them in
         their retire call, for counters with EDGE/INV/CMASK."""
         for idx in self.value:
             kind, intr = self.counting(idx, cpl)
             flt = cmask.of(self.evtsel[idx]) if idx < msr.FIXED_IDX_BASE and kind else None
             if flt is not None and stretch is not None:
-                cycles, chunk, y0, y1 = stretch
-                n = cmask.count(flt, cycles, chunk.get(kind, 0), Fraction(*y0), Fraction(*y1),
-                                  False)[0]
+                n = cmask.count(flt, stretch.cycles, stretch.events.get(kind, 0),
+                                Fraction(*stretch.y0), Fraction(*stretch.y1), False)[0]
             else:
                 n = events.get(kind, 0) if kind else 0
             if n <= 0:

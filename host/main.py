@@ -14,6 +14,7 @@ from common.topology import preset
 from host.perf import HostPerf, PerfError
 
 log = logging.getLogger("host")
+REQUESTS = (MsgType.PERF_CALL, MsgType.SCHED, MsgType.ACCOUNT)
 
 
 class HostServer:
@@ -58,74 +59,75 @@ class HostServer:
             log.info("vCPU link %s connected (pid %d)", msg.body.name, msg.body.pid)
             self.links.add(peer)
             self.send(schema.Welcome("host"), peer)
-        elif msg.type == MsgType.PERF_CALL and peer not in self.links:
-            self.errors.record("unknown_peer", "perf call before hello", peer.decode("latin1"))
+        elif msg.type in REQUESTS and peer not in self.links:
+            self.errors.record("unknown_peer", f"{msg.type.value} before hello",
+                               peer.decode("latin1"))
             self.send(schema.Error("unknown_peer", "say hello first", msg.body.id), peer)
-        elif msg.type == MsgType.PERF_CALL and self.perf is not None:
-            self.perf_call(peer, msg.body)
+        elif msg.type in REQUESTS and self.perf is not None:
+            self.request(peer, msg.body)
         else:
             self.errors.record("unknown_type", msg.type.value, peer.decode(errors="replace"))
             self.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
 
-    def perf_call(self, peer: bytes, call: schema.PerfCall) -> None:
+    def request(self, peer: bytes, req: schema.PerfCall | schema.Sched | schema.Account) -> None:
+        """Count what the guest retired (the host PMI handler calls overflows back), then run
+        the request, or queue it while its pCPU runs another task."""
         owner = peer.decode(errors="replace")
         perf = self.perf
-        bad = [k for k, v in call.retired.items()
+        retired = req.retired
+        bad = [k for k, v in retired.events.items()
                if k not in msr.EVENT_KINDS or type(v) is not int or v < 0]
         if bad:
-            self.send(schema.Error("wrong_type", f"retired events {bad}", call.id), peer)
+            self.send(schema.Error("wrong_type", f"retired events {bad}", req.id), peer)
             return
-        perf.advance_time(call.now_ns)
-        for ev in perf.account(owner, call.retired, call.stretches):
+        perf.advance_time(retired.now_ns)
+        for ev in perf.account(owner, retired.events, retired.stretches):
             self.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
         ledger = Ledger()
-        cpu = call.args.get("cpu")
-        if call.op in ("sched_in", "migrate") and type(cpu) is int and \
-                0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
+        op = None if isinstance(req, schema.Account) else req.op
+        cpu = op.cpu if isinstance(op, (schema.SchedIn, schema.Migrate)) else -1
+        if 0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
             if perf.task(owner).cpu != -1:
                 perf.sched_out(owner, ledger)         # off the old pCPU while it waits
             log.debug("%s waits for pCPU %d, which runs %s", owner, cpu, perf.current[cpu])
             perf.stats["run_queue_waits"] += 1
-            self.waiting[cpu].append((peer, call, ledger))
+            self.waiting[cpu].append((peer, req, ledger))
         else:
-            self.complete(peer, call, ledger)
+            self.complete(peer, req, ledger)
         self.wake_waiters()
 
     def wake_waiters(self) -> None:
         """Run the next waiting task on every pCPU that its current task left."""
         for cpu, queue in self.waiting.items():
             while queue and self.perf.cpu_free_for(queue[0][0].decode(), cpu):
-                peer, call, ledger = queue.pop(0)
-                self.complete(peer, call, ledger)
+                peer, req, ledger = queue.pop(0)
+                self.complete(peer, req, ledger)
 
-    def complete(self, peer: bytes, call: schema.PerfCall, ledger: Ledger) -> None:
-        """Run one perf call; push the oncpu changes it caused to the caller, then reply."""
+    def complete(self, peer: bytes, req, ledger: Ledger) -> None:
+        """Run one request; push the oncpu changes it caused to the caller, then reply."""
         owner = peer.decode(errors="replace")
         perf = self.perf
-        ok, error, result = True, "", {}
-        before = perf.oncpu(owner)
-        try:
-            result = perf.call(owner, call.op, call.args, ledger)
-        except (PerfError, KeyError, TypeError, ValueError) as exc:
-            ok, error = False, f"{call.op}: {exc}"
-            self.errors.record("perf_refused", f"{call.op}: {exc}", owner)
-        target = str(call.args.get("handle", result.get("handle", "")))
-        after = perf.oncpu(owner)
-        for handle, oncpu in after.items():
-            if handle != target and before.get(handle, oncpu) != oncpu:
-                ev = perf.events[int(handle)]
-                if ev.error:
-                    log.info("event %s of %s in error state: no counter free on pCPU %d",
-                             handle, owner, perf.task(owner).cpu)
-                self.send(schema.Oncpu(int(handle), oncpu, ev.error), peer)
+        op = None if isinstance(req, schema.Account) else req.op
+        name = schema.OP_NAME[type(op)] if op is not None else "account"
+        ok, error, result = True, "", None
+        if op is not None:
+            try:
+                result = perf.call(owner, op, ledger)
+            except (PerfError, KeyError, TypeError, ValueError) as exc:
+                ok, error = False, f"{name}: {exc}"
+                self.errors.record("perf_refused", error, owner)
+        for ev in perf.oncpu_changes(owner):
+            if ev.error:
+                log.info("event %d of %s in error state: no counter free on pCPU %d",
+                         ev.handle, owner, perf.task(owner).cpu)
+            self.send(schema.Oncpu(ev.handle, ev.oncpu, ev.error), peer)
         cost = ledger.total(self.params)
         perf.charge_cpu(owner, cost)
-        tally = self.op_costs[call.op]
+        tally = self.op_costs[name]
         tally[0] += 1
         tally[1] += cost
-        self.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
-                                   perf.budget(owner), after, error,
-                                   perf.filtered_budget(owner)), peer)
+        self.send(schema.HostReply(req.id, ok, result, cost, dict(ledger), perf.budget(owner),
+                                   perf.filtered_budget(owner), error), peer)
 
     def report(self) -> dict:
         perf = self.perf

@@ -19,7 +19,7 @@ import dataclasses
 
 from fractions import Fraction
 
-from common import cmask, costs, msr
+from common import cmask, costs, msr, schema
 from common.costs import Ledger
 from common.topology import Topology
 from host.cpu_hw_events import CpuHwEvents
@@ -45,6 +45,7 @@ class PerfEvent:
     enabled: bool = True
     error: bool = False        # pinned and found no counter: not retried until enabled again
     oncpu: int = -1
+    oncpu_told: int = -1       # the oncpu its owner last heard of (create's result, Oncpu pushes)
     slot: tuple[str, int] | None = None
     count: int = 0
     period_left: int = 0
@@ -191,37 +192,16 @@ class HostPerf:
 
     # --- the perf API KVM calls ----------------------------------------------------------------
 
-    def call(self, owner: str, op: str, args: dict, ledger: Ledger) -> dict:
-        """One perf call from the vCPU task ``owner``, as it arrives in a PERF_CALL message."""
-        if op == "account":                  # only the retired events, counted before the op
-            return {}
-        if op == "sched_in":
-            self.sched_in(owner, args["cpu"], ledger)
-            return {}
-        if op == "sched_out":
-            self.sched_out(owner, ledger)
-            return {}
-        if op == "migrate":                      # dequeue on the old pCPU, enqueue on the new
-            self.sched_out(owner, ledger)
-            self.sched_in(owner, args["cpu"], ledger)
-            return {}
-        if op == "create":
-            ev = self.create(owner, args, ledger)
-            return {"handle": ev.handle, "oncpu": ev.oncpu}
-        if op == "release":
-            return {"count": self.release(owner, args["handle"], ledger)}
-        if op == "read":
-            ev = self.read(owner, args["handle"], ledger)
-            return {"count": ev.count, "enabled": ev.time_enabled, "running": ev.time_running}
-        if op == "pause":
-            return {"count": self.pause(owner, args["handle"], bool(args.get("reset")), ledger)}
-        if op == "period":
-            self.period(owner, args["handle"], args["period"], ledger)
-            return {}
-        if op in ("enable", "disable"):
-            getattr(self, op)(owner, args["handle"], ledger)
-            return {}
-        raise PerfError(f"unknown perf call {op!r}")
+    def call(self, owner: str, op, ledger: Ledger):
+        """One request of the vCPU task ``owner``: a perf API call or a scheduling of the task
+        (a record of schema.PERF_API or schema.SCHED_OPS), dispatched from CALLS; returns the
+        call's typed result (schema.RESULT_OF), None for the others."""
+        return CALLS[type(op)](self, owner, op, ledger)
+
+    def migrate(self, name: str, cpu: int, ledger: Ledger) -> None:
+        """Dequeue the task on its old pCPU, enqueue it on the new one."""
+        self.sched_out(name, ledger)
+        self.sched_in(name, cpu, ledger)
 
     def owned(self, owner: str, handle: int) -> PerfEvent:
         ev = self.events.get(handle)
@@ -231,24 +211,20 @@ class HostPerf:
             raise PerfError(f"perf event {handle} belongs to {ev.owner}, not {owner}")
         return ev
 
-    def create(self, owner: str, args: dict, ledger: Ledger) -> PerfEvent:
+    def create(self, owner: str, attr: schema.PerfCreate, ledger: Ledger) -> PerfEvent:
         """perf_event_create_kernel_counter(attr, cpu=-1, task=current, overflow_handler)."""
-        kind = args["kind"]
-        if kind not in msr.EVENT_KINDS:
-            raise PerfError(f"event kind {kind!r} is not supported by this PMU")
-        period = args["sample_period"]
-        if type(period) is not int or period < 0:
-            raise PerfError(f"sample_period {period!r}")
+        if attr.kind not in msr.EVENT_KINDS:
+            raise PerfError(f"event kind {attr.kind!r} is not supported by this PMU")
+        if attr.sample_period < 0:
+            raise PerfError(f"sample_period {attr.sample_period!r}")
         ledger.charge("perf_event_alloc")
         self._reserve_hardware(ledger)
         self._account_event(ledger)
         task = self.task(owner)
         bound = task.cpu if self.event_binding == "cpu" else -1
-        ev = self._new_event(owner, owner, bound, kind, bool(args.get("exclude_user")),
-                             bool(args.get("exclude_kernel")), period, args.get("context", -1))
-        if args.get("cmask"):
-            ev.filter = cmask.Filter(args["cmask"], bool(args.get("inv")),
-                                       bool(args.get("edge")))
+        ev = self._new_event(owner, owner, bound, attr.kind, attr.exclude_user,
+                             attr.exclude_kernel, attr.sample_period, attr.context)
+        ev.filter = attr.filter if attr.filter is not None and attr.filter.cmask else None
         task.events.append(ev)
         ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
         ledger.charge("local_function_call")
@@ -290,7 +266,7 @@ class HostPerf:
         """perf_event_period: a new sample period; 0 is rejected (-EINVAL)."""
         ev = self.owned(owner, handle)
         ledger.charge("perf_ctx_lock")
-        if type(period) is not int or period <= 0 or not ev.sample_period:
+        if period <= 0 or not ev.sample_period:
             raise PerfError(f"period {period!r} rejected for event {handle}")
         ev.sample_period = period
         if ev.slot is not None:          # an active event is stopped and restarted in place
@@ -325,7 +301,7 @@ class HostPerf:
         if cpu != -1:
             self.pcpu_clock[cpu] = self.pcpu_clock.get(cpu, 0) + ns
 
-    def account(self, name: str, retired: dict, stretches: list = (),
+    def account(self, name: str, retired: dict, stretches: list[schema.Stretch] = (),
                 cpl: int = 3) -> list[PerfEvent]:
         """Count what the guest retired on the task's pCPU; return the events that overflowed
         and whose owner must be called back, in counter order. Filtered events count the
@@ -357,11 +333,11 @@ class HostPerf:
         return overflowed
 
     @staticmethod
-    def increments(ev: PerfEvent, retired: dict, stretches) -> int:
+    def increments(ev: PerfEvent, retired: dict, stretches: list[schema.Stretch]) -> int:
         if ev.filter is None:
             return retired.get(ev.kind, 0)
-        return sum(cmask.count(ev.filter, cycles, chunk.get(ev.kind, 0), Fraction(*y0),
-                                 Fraction(*y1), False)[0] for cycles, chunk, y0, y1 in stretches)
+        return sum(cmask.count(ev.filter, s.cycles, s.events.get(ev.kind, 0), Fraction(*s.y0),
+                               Fraction(*s.y1), False)[0] for s in stretches)
 
     def _host_pmi(self, ev: PerfEvent) -> None:
         """intel_pmu_handle_irq for one counter: update the count (done), re-arm the period."""
@@ -384,15 +360,19 @@ class HostPerf:
                 out[ev.kind] = min(out.get(ev.kind, ev.period_left), ev.period_left)
         return out
 
-    def filtered_budget(self, name: str) -> list[list]:
-        """The same for EDGE/INV/CMASK events: [kind, cmask, inv, edge, increments left]."""
+    def filtered_budget(self, name: str) -> list[schema.FilteredBudget]:
+        """The same for EDGE/INV/CMASK events, in increments of their condition."""
         task = self.task(name)
-        return [[ev.kind, ev.filter.cmask, ev.filter.inv, ev.filter.edge, ev.period_left]
-                for ev in task.events
+        return [schema.FilteredBudget(ev.kind, ev.filter, ev.period_left) for ev in task.events
                 if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is not None]
 
-    def oncpu(self, name: str) -> dict[str, int]:
-        return {str(ev.handle): ev.oncpu for ev in self.task(name).events}
+    def oncpu_changes(self, name: str) -> list[PerfEvent]:
+        """The task's events whose ``oncpu`` changed since their owner last heard of it; from
+        now on it has."""
+        moved = [ev for ev in self.task(name).events if ev.oncpu != ev.oncpu_told]
+        for ev in moved:
+            ev.oncpu_told = ev.oncpu
+        return moved
 
     # --- x86 hardware reservation and the debug store ------------------------------------------
 
@@ -468,3 +448,34 @@ class HostPerf:
         self.sched_count -= 1
         if self.sched_count == 0 and self.key_enabled:
             self.key_disable_at = self.now_ns + STATIC_KEY_DISABLE_DELAY_NS
+
+
+# --- the requests a vCPU task makes, and their typed results ----------------------------------------
+
+def _create(perf: HostPerf, owner: str, op: schema.PerfCreate, ledger: Ledger) -> schema.Created:
+    ev = perf.create(owner, op, ledger)
+    ev.oncpu_told = ev.oncpu                     # the owner learns it from the result
+    return schema.Created(ev.handle, ev.oncpu)
+
+
+def _read(perf: HostPerf, owner: str, op: schema.PerfRead, ledger: Ledger) -> schema.ReadValue:
+    ev = perf.read(owner, op.handle, ledger)
+    return schema.ReadValue(ev.count, ev.time_enabled, ev.time_running)
+
+
+CALLS = {
+    schema.PerfCreate: _create,
+    schema.PerfRelease: lambda perf, owner, op, ledger:
+        schema.Count(perf.release(owner, op.handle, ledger)),
+    schema.PerfRead: _read,
+    schema.PerfPause: lambda perf, owner, op, ledger:
+        schema.Count(perf.pause(owner, op.handle, op.reset, ledger)),
+    schema.PerfPeriod: lambda perf, owner, op, ledger:
+        perf.period(owner, op.handle, op.period, ledger),
+    schema.PerfEnable: lambda perf, owner, op, ledger: perf.enable(owner, op.handle, ledger),
+    schema.PerfDisable: lambda perf, owner, op, ledger: perf.disable(owner, op.handle, ledger),
+    schema.SchedIn: lambda perf, owner, op, ledger: perf.sched_in(owner, op.cpu, ledger),
+    schema.SchedOut: lambda perf, owner, op, ledger: perf.sched_out(owner, ledger),
+    schema.Migrate: lambda perf, owner, op, ledger: perf.migrate(owner, op.cpu, ledger),
+}
+assert set(CALLS) == set(schema.OP_NAME)

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 from typing import Protocol
 
-from common import faults, msr
+from common import cmask, faults, msr, schema
 from common.costs import Ledger
 
 KVM_REQ_PMU = "KVM_REQ_PMU"
@@ -29,7 +29,7 @@ class PerfCallRefused(Exception):
 class PerfApi(Protocol):
     """The host perf calls a vCPU thread can make (a message round trip in the real run)."""
 
-    def call(self, op: str, **args) -> dict: ...
+    def call(self, op: schema.PerfOp): ...
 
 
 @dataclasses.dataclass
@@ -38,7 +38,8 @@ class KvmPmc:
     counter: int = 0
     eventsel: int = 0              # GP: PERFEVTSEL; fixed: its 4-bit FIXED_CTR_CTRL field
     perf_event: int | None = None  # handle of the backing host event
-    oncpu: int = -1                # KVM's mirror of perf_event->oncpu, from the host's replies
+    oncpu: int = -1                # KVM's mirror of perf_event->oncpu: create's result, then the
+                                   # host's Oncpu pushes
     current_config: int = 0        # reuse/deferred: config of the live event
     is_paused: bool = False
     intr: bool = False
@@ -103,7 +104,7 @@ class KvmPmu:
         """pmc_read_counter: the saved value plus what the live event counted."""
         value = pmc.counter
         if pmc.perf_event is not None and not pmc.is_paused:
-            value += self.perf.call("read", handle=pmc.perf_event)["count"]
+            value += self.perf.call(schema.PerfRead(pmc.perf_event)).count
         if faults.active("kvm_count_skew"):
             value += 1
         return value & self.counter_bitmask
@@ -117,7 +118,7 @@ class KvmPmu:
         if pmc.perf_event is None:
             return
         pmc.counter = self.read_counter(pmc)
-        self.perf.call("release", handle=pmc.perf_event)
+        self.perf.call(schema.PerfRelease(pmc.perf_event))
         pmc.perf_event, pmc.oncpu, pmc.is_paused, pmc.current_config = None, -1, False, 0
 
     def create_event(self, pmc: KvmPmc, period: int) -> None:
@@ -126,14 +127,11 @@ class KvmPmu:
         kind, user, kernel = self.event_of(pmc)
         if kind is None:
             return                                    # an event the host PMU cannot count
-        sel = 0 if pmc.fixed else pmc.eventsel
-        result = self.perf.call("create", kind=kind, exclude_user=not user,
-                                exclude_kernel=not kernel, sample_period=period,
-                                context=pmc.idx, intr=pmc.intr,
-                                cmask=(sel & msr.EVTSEL_CMASK) >> 24,
-                                inv=bool(sel & msr.EVTSEL_INV), edge=bool(sel & msr.EVTSEL_EDGE))
-        pmc.perf_event = result["handle"]
-        pmc.oncpu = result["oncpu"]
+        created = self.perf.call(schema.PerfCreate(
+            kind, exclude_user=not user, exclude_kernel=not kernel, sample_period=period,
+            context=pmc.idx, intr=pmc.intr, filter=None if pmc.fixed else cmask.of(pmc.eventsel)))
+        pmc.perf_event = created.handle
+        pmc.oncpu = created.oncpu
         pmc.current_config = self.config_of(pmc)
         pmc.is_paused = False
         self.reprogram_pmi &= ~pmc.bit

@@ -18,92 +18,11 @@ from common import costs, faults, logsetup, msr, schema, transport
 from common.costs import Ledger
 from common.stats import Samples
 from common.schema import MsgType
+from kvm.hostlink import HostLink, LinkBroken
 from kvm.migrate import Migrator
-from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu, PerfCallRefused
+from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu
 
 log = logging.getLogger("kvm")
-
-PERF_API_OPS = ("create", "release", "read", "pause", "period", "enable", "disable")
-
-
-class LinkBroken(Exception):
-    """The link to the host lost, reordered or garbled a message: the run cannot be trusted."""
-
-
-class HostLink:
-    """The vCPU's perf API over its link to the host, and the budget the host hands out."""
-
-    def __init__(self, chan: transport.Channel, name: str, ledger: Ledger,
-                 stop: threading.Event):
-        self.chan = chan
-        self.name = name
-        self.ledger = ledger
-        self.stop = stop
-        self.pmu: KvmPmu | None = None
-        self.pending: collections.Counter = collections.Counter()   # retired, not yet sent
-        self.stretches: list = []
-        self.filtered: list = []      # filtered events' budget, from the last reply
-        self.budget: dict[str, int] = {}
-        self.next_id = 1
-        self.now_ns = 0                  # the vCPU's modeled clock, passed to the host
-        self.calls: collections.Counter = collections.Counter()
-        self.timeout_s = transport.DEFAULT_TIMEOUT_S
-
-    def call(self, op: str, **args) -> dict:
-        call_id = self.next_id
-        self.next_id += 1
-        self.calls[op] += 1
-        self.chan.send(schema.PerfCall(call_id, op, args, dict(self.pending), self.now_ns,
-                                       self.stretches))
-        self.pending.clear()
-        self.stretches = []
-        while True:
-            try:
-                _, msg = self.chan.recv(self.timeout_s, self.stop)
-            except schema.ProtocolError as exc:     # only the host sends here: a broken link
-                raise LinkBroken(f"link to the host: {exc}") from None
-            except transport.PeerLost:
-                raise LinkBroken(f"host did not answer {op} in {self.timeout_s:.0f} s") from None
-            if msg.type == MsgType.OVERFLOW:
-                self.pmu.perf_overflow(msg.body.context)
-                continue
-            if msg.type == MsgType.ONCPU:
-                self.pmu.event_moved(msg.body.handle, msg.body.oncpu)
-                continue
-            if msg.type == MsgType.PERF_REPLY and msg.body.id == call_id:
-                return self._take_reply(msg.body)
-            raise LinkBroken(f"link to the host: {msg.type.value} while waiting for reply "
-                             f"{call_id}")
-
-    def _take_reply(self, reply: schema.PerfReply) -> dict:
-        for name, times in reply.ledger.items():
-            self.ledger.charge(name, times)
-        self.budget = reply.budget
-        self.filtered = reply.filtered
-        for pmc in self.pmu.pmcs():
-            if pmc.perf_event is not None:
-                pmc.oncpu = reply.oncpu.get(str(pmc.perf_event), -1)
-        if not reply.ok:
-            raise PerfCallRefused(reply.error)
-        return reply.result
-
-    def retired(self, events: dict, stretches: list) -> bool:
-        """Take what the guest retired; True when that spent a budget (a hardware overflow)."""
-        self.pending.update(events)
-        self.stretches += stretches
-        return any(self.pending[k] >= left for k, left in self.budget.items())
-
-    @property
-    def must_count(self) -> bool:
-        """Filtered events count cycles only the host can judge: they see every exit."""
-        return bool(self.filtered and self.stretches)
-
-    def guest_budget(self, cycles_to_tick: int) -> dict:
-        """What the guest may retire before a host counter overflows or the time slice ends."""
-        out = {k: max(left - self.pending[k], 0) for k, left in self.budget.items()}
-        out["cycles"] = min(out.get("cycles", cycles_to_tick), cycles_to_tick)
-        return out
-
 
 class VcpuThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
@@ -203,7 +122,7 @@ class VcpuThread(threading.Thread):
         task holds it); then kvm_arch_vcpu_load sets vcpu->cpu."""
         old = self.pcpu
         self.host.timeout_s = 60.0                  # a turn may wait for another task's slice
-        self.host.call("migrate" if migration else "sched_in", cpu=pcpu)
+        self.host.sched(schema.Migrate(pcpu) if migration else schema.SchedIn(pcpu))
         self.host.timeout_s = transport.DEFAULT_TIMEOUT_S
         self.pmu.cpu = self.pcpu = pcpu
         self.loaded = True
@@ -248,7 +167,7 @@ class VcpuThread(threading.Thread):
                 self.vcpu_load(self.pcpu)
             entry = self.handle_exit(msg.body)
             if msg.body.reason == "done":
-                self.host.call("sched_out")           # the task leaves its pCPU to the others
+                self.host.sched(schema.SchedOut())    # the task leaves its pCPU to the others
                 guest.send(entry, peer)
                 log.info("guest vCPU done after %d exits", sum(self.exits.values()))
                 return
@@ -270,7 +189,7 @@ class VcpuThread(threading.Thread):
         spent = self.host.retired(retired, ex.stretches)
         if spent or self.host.must_count:
             self.sync_clock()
-            self.host.call("account")          # the host PMI that interrupted the guest
+            self.host.account()                # the host PMI that interrupted the guest
         if ex.reason == "budget":              # a host counter overflowed, or the slice ended
             spent = spent or self.pmu.stats["overflows"] > overflows
             reason = "host_pmi" if spent else "host_timer"
@@ -306,8 +225,8 @@ class VcpuThread(threading.Thread):
     def preempt(self) -> None:
         """The time slice is over: at this preemption point the host schedules the vCPU task
         out and back in on its pCPU, and KVM's sched-in hook runs."""
-        self.host.call("sched_out")
-        self.host.call("sched_in", cpu=self.pcpu)
+        self.host.sched(schema.SchedOut())
+        self.host.sched(schema.SchedIn(self.pcpu))
         self.policy.sched_in(self.pmu)
         self.stats["timeslices"] += 1
         self.sync_clock()
@@ -392,7 +311,7 @@ class VcpuThread(threading.Thread):
                              "modeled_ns_by_param": {k: v * self.params[k]
                                                      for k, v in self.he_ledger.items()}},
             "reprogram_counter": dict(self.pmu.stats["reprogram_counter"]),
-            "perf_calls": {op: self.host.calls[op] for op in PERF_API_OPS},
+            "perf_calls": self.host.perf_calls(),
             "overflows": self.pmu.stats["overflows"],
             "overflows_ignored": self.pmu.stats["overflows_ignored"],
             "injected": self.injected,

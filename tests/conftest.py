@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from common import msr
+from common import msr, schema
 from common.costs import Ledger
 from common.topology import preset
 from host.perf import HostPerf, PerfError
@@ -29,10 +29,10 @@ class LocalPerf:
         self.calls: list[str] = []
         host.sched_in(owner, cpu, self.ledger)
 
-    def call(self, op: str, **args) -> dict:
-        self.calls.append(op)
+    def call(self, op: schema.PerfOp):
+        self.calls.append(schema.OP_NAME[type(op)])
         try:
-            return self.host.call(self.owner, op, args, self.ledger)
+            return self.host.call(self.owner, op, self.ledger)
         except PerfError as exc:
             raise PerfCallRefused(str(exc)) from None
 

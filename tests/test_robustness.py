@@ -83,8 +83,8 @@ def test_fuzzing_every_endpoint_of_a_live_run(tmp_path):
     sent = {}
     # a stranger that says hello to the host, then calls perf on events it does not own
     hello = schema.encode(schema.Hello("vcpu", "vm9/vcpu9", 1), 0)
-    bad_calls = [schema.encode(schema.PerfCall(i, "release", {"handle": h}, {}), i + 1)
-                 for i, h in enumerate([999_999, 1] * PER_CLASS)]
+    bad_calls = [schema.encode(schema.PerfCall(i, schema.PerfRelease(h), schema.Retired({}, [], 0)),
+                               i + 1) for i, h in enumerate([999_999, 1] * PER_CLASS)]
     targets = [(ctrl.group(1), [hello, *bad_calls]), (vcpu.group(1), []),
                (f"ipc://{control}", [])]
     counted = [{} for _ in targets]
