@@ -107,8 +107,9 @@ class Finish:
 
 @dataclasses.dataclass
 class Report:
+    """What a process counted in one run, sent when the launcher says FINISH."""
     run: int
-    stats: dict
+    stats: HostReport | KvmReport | GuestReport
 
 
 @dataclasses.dataclass
@@ -360,6 +361,157 @@ class Inject:
     vector: int
 
 
+# --- the end-of-run reports (Report.stats) -----------------------------------------------------------
+
+@dataclasses.dataclass
+class SampleSet:
+    """Timing samples (common/stats.py): exact count, sum and min, and a bounded seeded reservoir
+    for the percentiles."""
+    count: int
+    sum: int
+    min: int
+    reservoir: list[int]
+
+
+@dataclasses.dataclass
+class Timings:
+    measured_ns: SampleSet         # time.perf_counter_ns of this process
+    modeled_ns: SampleSet          # the cost model's
+
+
+@dataclasses.dataclass
+class OpCost:
+    """How often the host served one kind of request and its mean modeled cost."""
+    calls: int
+    mean_ns: float
+
+
+@dataclasses.dataclass
+class HostReport:
+    preset: str
+    cpus: int
+    perf_costs_modeled_ns: dict[str, OpCost]   # request name (OP_NAME, "account") -> cost
+    pmc_refcount: int
+    refcount_crossings: dict       # "reserve" / "release": pmc_refcount crossing zero
+    static_key: dict               # perf_sched_events: "enable", "disable", "deferred_cancelled"
+    overflows: int                 # host PMIs handled
+    overflows_to_owner: int        # of them, overflow callbacks to KVM
+    sched_in_other_cpu: int        # a task scheduled in on another pCPU than it left
+    pinned_errors: int             # events put in the error state for want of a counter
+    run_queue_waits: int           # tasks that waited for their pCPU
+    pcpu_modeled_ns: dict          # pCPU (str) -> modeled ns it spent, guest and host
+    unavailable: dict              # task -> pmc index (str) -> events lost in the error state
+    protocol_errors: dict          # kind -> bad frames received
+
+
+@dataclasses.dataclass
+class HandleEventReport:
+    """kvm_pmu_handle_event: its times, what each pending counter got, and the modeled ns by
+    cost parameter."""
+    measured_ns: SampleSet
+    modeled_ns: SampleSet
+    by_reason: dict
+    modeled_ns_by_param: dict
+
+
+@dataclasses.dataclass
+class Affinity:
+    """The vCPU thread on the machine running the emulator: its thread id, the emulated pCPU and
+    the real CPUs it is pinned to (None: not pinned)."""
+    tid: int
+    pcpu: int
+    cpus: list[int] | None = None
+
+
+@dataclasses.dataclass
+class VcpuReport:
+    """What one KVM vCPU thread counted."""
+    vcpu: int
+    pcpu: int
+    failure: str | None
+    policy: str
+    handle_event: HandleEventReport
+    reprogram_counter: dict        # cause -> reprogram_counter calls
+    perf_calls: dict               # PERF_API name -> calls
+    overflows: int                 # overflow callbacks received
+    overflows_ignored: int
+    injected: int                  # PMIs injected
+    timeslices: int
+    migrations: dict               # kind -> moves
+    oncpu_disagreements: int
+    affinity: Affinity
+    entry_retries: int
+    nmi_handler: Timings           # the guest's NMI handler, from injection to its last exit
+    exits: dict                    # reason -> exits
+    gp_faults: int
+    modeled_total_ns: int          # the vCPU's modeled time: guest, KVM and host
+    modeled_guest_ns: int          # of it, in the guest
+    modeled_other_exits_ns: int    # of it, VM transitions of exits that are not the vPMU's
+    protocol_errors: dict
+
+
+@dataclasses.dataclass
+class KvmReport:
+    vm: str
+    vcpus: list[VcpuReport]
+
+
+@dataclasses.dataclass
+class GuestEventReport:
+    """One event of the guest's perf, as perf would print it."""
+    name: str
+    kind: str
+    count: int
+    samples: int
+    sample_period: int
+    enabled_ns: int                # the guest's perf clock: time enabled and time running
+    running_ns: int
+    scaled: int                    # count x enabled / running
+
+
+@dataclasses.dataclass
+class Check:
+    """One check of a guest test program."""
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class Violation:
+    """An invariant the oracle found broken."""
+    kind: str
+    vcpu: int
+    counter: int | None
+    detail: str
+    deficit: int | None = None     # count_mismatch: events the counter is short of
+
+
+@dataclasses.dataclass
+class GuestVcpuReport:
+    vcpu: int
+    reason: str                    # why the vCPU stopped
+    failure: str | None
+    pmis_delivered: int
+    pmis_handled: int              # PMIs whose GLOBAL_STATUS named an overflowed counter
+    events: list[GuestEventReport]
+    ticks: int
+    rotations: int
+    context_switches: int
+    exits: dict
+    gp_faults: int
+    checks: list[Check]
+    program_error: str | None
+    invariants_checked: int
+    violations: list[Violation]
+
+
+@dataclasses.dataclass
+class GuestReport:
+    vm: str
+    vcpus: list[GuestVcpuReport]
+
+
 PAYLOADS: dict[MsgType, type] = {
     MsgType.HELLO: Hello, MsgType.WELCOME: Welcome, MsgType.CONFIGURE: Configure,
     MsgType.READY: Ready, MsgType.START: Start, MsgType.DONE: Done, MsgType.FINISH: Finish,
@@ -490,9 +642,9 @@ def _optional(inner: _Codec) -> _Codec:
     def decode(value):
         return None if value is None else inner.decode(value)
 
-    def encode(obj):
-        return None if obj is None else inner.encode(obj)
-    return _Codec(decode, encode)
+    if inner.encode is None:
+        return _Codec(decode, None)
+    return _Codec(decode, lambda obj: None if obj is None else inner.encode(obj))
 
 
 def _list_of(item: _Codec) -> _Codec:
@@ -549,13 +701,13 @@ def _codec(tp) -> _Codec:
         return _dict_of(_codec(args[0]), _codec(args[1]))
     if origin in (types.UnionType, typing.Union):
         rest = [a for a in args if a is not type(None)]
-        if all(dataclasses.is_dataclass(a) for a in rest):
-            if len(rest) == 1:
-                return _optional(_record(rest[0]))
-            return _one_of(rest, optional=len(rest) < len(args))
         if all(a in _PLAIN for a in args):
             allowed = tuple(t for a in args for t in _PLAIN[a])
             return _Codec(_check(allowed), None, allowed)
+        if len(rest) == 1:
+            return _optional(_codec(rest[0]))
+        if all(dataclasses.is_dataclass(a) for a in rest):
+            return _one_of(rest, optional=len(rest) < len(args))
     raise TypeError(f"schema: no wire form for {tp!r}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.schema import SampleSet
+
 RESERVOIR = 10_000
 
 
@@ -26,17 +28,16 @@ class Samples:
             if j < RESERVOIR:
                 self.reservoir[j] = value
 
-    def to_dict(self) -> dict:
-        return {"count": self.count, "sum": self.sum, "min": self.min or 0,
-                "reservoir": self.reservoir}
+    def to_record(self) -> SampleSet:
+        return SampleSet(self.count, self.sum, self.min or 0, self.reservoir)
 
 
-def summary(parts: list[dict]) -> dict:
+def summary(parts: list[SampleSet]) -> dict:
     """mean / p50 / p99 / min over the samples of several reports (zeros when there are none)."""
-    count = sum(p["count"] for p in parts)
+    count = sum(p.count for p in parts)
     if not count:
         return {"mean": 0, "p50": 0, "p99": 0, "min": 0}
-    pool = np.asarray([x for p in parts for x in p["reservoir"]], dtype=np.float64)
-    return {"mean": sum(p["sum"] for p in parts) / count,
+    pool = np.asarray([x for p in parts for x in p.reservoir], dtype=np.float64)
+    return {"mean": sum(p.sum for p in parts) / count,
             "p50": float(np.percentile(pool, 50)), "p99": float(np.percentile(pool, 99)),
-            "min": float(min(p["min"] for p in parts if p["count"]))}
+            "min": float(min(p.min for p in parts if p.count))}

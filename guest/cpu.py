@@ -44,7 +44,7 @@ class GuestCpu:
         self.pmis = 0
         self.exits: collections.Counter = collections.Counter()
         self.gp_faults = 0
-        self.checks: list[dict] = []
+        self.checks: list[schema.Check] = []
         self.stop_reason = ""
         self.raise_on_stop = False
         self.cycles = 0                      # guest cycles retired: the guest's own clock
@@ -179,7 +179,7 @@ class GuestCpu:
         self._exit("hypercall", pcpu, int(at == "next-overflow"))
 
     def check(self, condition, name: str, detail: str = "") -> bool:
-        self.checks.append({"name": name, "passed": bool(condition), "detail": detail})
+        self.checks.append(schema.Check(name, bool(condition), detail))
         return bool(condition)
 
     # --- retiring events --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from common import msr
+from common import msr, schema
 from guest.cpu import GuestCpu
 
 log = logging.getLogger("guest")
@@ -306,9 +306,8 @@ class PerfDriver:
         self.schedule(self.events)
         self.enable_all()
 
-    def report(self) -> list[dict]:
-        return [{"name": e.name, "kind": e.kind, "count": e.count, "samples": e.samples,
-                 "sample_period": e.sample_period, "enabled_ns": e.enabled_ns,
-                 "running_ns": e.running_ns,
-                 "scaled": e.count * e.enabled_ns // e.running_ns if e.running_ns else e.count}
-                for e in self.events]
+    def report(self) -> list[schema.GuestEventReport]:
+        return [schema.GuestEventReport(
+            e.name, e.kind, e.count, e.samples, e.sample_period, e.enabled_ns, e.running_ns,
+            scaled=e.count * e.enabled_ns // e.running_ns if e.running_ns else e.count)
+            for e in self.events]

@@ -123,23 +123,22 @@ class GuestVcpu(threading.Thread):
         finally:
             cpu.raise_on_stop = False
 
-    def report(self) -> dict:
+    def report(self) -> schema.GuestVcpuReport:
         cpu, driver = self.cpu, self.driver
-        events = driver.report() if driver else []
-        return {"vcpu": self.index, "reason": self.reason, "failure": self.failure,
-                "pmis_delivered": cpu.pmis if cpu else 0,
-                "pmis_handled": driver.handled if driver else (cpu.pmis if cpu else 0),
-                "samples": sum(e["samples"] for e in events),
-                "event_count": sum(e["count"] for e in events),
-                "events": events,
-                "ticks": driver.ticks if driver else 0,
-                "rotations": driver.rotations if driver else 0,
-                "context_switches": driver.switches if driver else 0,
-                "exits": dict(cpu.exits) if cpu else {},
-                "gp_faults": cpu.gp_faults if cpu else 0,
-                "program": {"checks": cpu.checks if cpu else [], "error": self.program_error},
-                "invariants": {"checked": cpu.oracle.checked if cpu else 0,
-                               "violations": cpu.oracle.violations if cpu else []}}
+        return schema.GuestVcpuReport(
+            self.index, self.reason, self.failure,
+            pmis_delivered=cpu.pmis if cpu else 0,
+            pmis_handled=driver.handled if driver else (cpu.pmis if cpu else 0),
+            events=driver.report() if driver else [],
+            ticks=driver.ticks if driver else 0,
+            rotations=driver.rotations if driver else 0,
+            context_switches=driver.switches if driver else 0,
+            exits=dict(cpu.exits) if cpu else {},
+            gp_faults=cpu.gp_faults if cpu else 0,
+            checks=cpu.checks if cpu else [],
+            program_error=self.program_error,
+            invariants_checked=cpu.oracle.checked if cpu else 0,
+            violations=cpu.oracle.violations if cpu else [])
 
 
 def load_program(path: str):
@@ -209,7 +208,8 @@ def main(argv=None) -> int:
                 guest.go.set()
             elif msg.type == MsgType.FINISH:
                 guest.stop()
-                svc.send(schema.Report(msg.body.run, {"vcpus": [t.report() for t in guest.threads]}))
+                svc.send(schema.Report(msg.body.run, schema.GuestReport(
+                    svc.name.removeprefix("guest-"), [t.report() for t in guest.threads])))
 
         return svc.serve(on_control, done, guest.on_done)
     finally:

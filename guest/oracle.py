@@ -24,7 +24,7 @@ class Oracle:
         self.if_flag = True                    # the guest's interrupt flag (cli / sti)
         self.pending: dict[int, bool] = {}     # overflowed counter -> its PMI is already late
         self.checked = 0
-        self.violations: list[dict] = []
+        self.violations: list[schema.Violation] = []
         self.vcpu = 0
 
     # --- what the guest wrote -------------------------------------------------------------------
@@ -95,9 +95,9 @@ class Oracle:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def violate(self, kind: str, counter: int | None, detail: str, **extra) -> None:
-        self.violations.append({"kind": kind, "vcpu": self.vcpu, "counter": counter,
-                                "detail": detail, **extra})
+    def violate(self, kind: str, counter: int | None, detail: str,
+                deficit: int | None = None) -> None:
+        self.violations.append(schema.Violation(kind, self.vcpu, counter, detail, deficit))
 
     def check_counter(self, idx: int, seen: int) -> None:
         """A value the guest read must be what it retired while the counter was enabled. After a

@@ -129,16 +129,17 @@ class HostServer:
         self.send(schema.HostReply(req.id, ok, result, cost, dict(ledger), perf.budget(owner),
                                    perf.filtered_budget(owner), error), peer)
 
-    def report(self) -> dict:
+    def report(self) -> schema.HostReport:
         perf = self.perf
-        return {"preset": self.topo.name, "cpus": self.topo.ncpus,
-                "perf_costs": {op: {"calls": n, "mean_ns": total / n}
-                               for op, (n, total) in sorted(self.op_costs.items()) if n},
-                "pmc_refcount": perf.pmc_refcount, **perf.stats,
-                "pcpu_modeled_ns": {str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
-                "unavailable": {task: {str(ctx): n for ctx, n in lost.items()}
-                                for task, lost in perf.unavailable.items()},
-                "protocol_errors": dict(self.errors.counts)}
+        return schema.HostReport(
+            self.topo.name, self.topo.ncpus,
+            perf_costs_modeled_ns={op: schema.OpCost(n, total / n)
+                                   for op, (n, total) in sorted(self.op_costs.items()) if n},
+            pmc_refcount=perf.pmc_refcount, **perf.stats,
+            pcpu_modeled_ns={str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
+            unavailable={task: {str(ctx): n for ctx, n in lost.items()}
+                         for task, lost in perf.unavailable.items()},
+            protocol_errors=dict(self.errors.counts))
 
 
 def main(argv=None) -> int:
@@ -157,8 +158,9 @@ def main(argv=None) -> int:
                 svc.send(schema.Ready(msg.body.run, {"perf": endpoint}))
             elif msg.type == MsgType.FINISH:
                 report = server.report()
-                log.info("run %d summary: %s", msg.body.run, {k: report[k] for k in (
-                    "refcount_crossings", "overflows_to_owner", "static_key")})
+                log.info("run %d summary: refcount crossings %s, overflows to owner %d, static "
+                         "key %s", msg.body.run, report.refcount_crossings,
+                         report.overflows_to_owner, report.static_key)
                 svc.send(schema.Report(msg.body.run, report))
 
         return svc.serve(on_control, chan.sock, server.handle)

@@ -23,6 +23,9 @@ from kvm.migrate import Migrator
 from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault, KvmPmu
 
 log = logging.getLogger("kvm")
+# Exits the vPMU does not cause: the host timer's (a time slice ends), a test program's hypercall,
+# the guest's last. Their VM transitions are reported apart from the vPMU's time.
+OTHER_EXITS = ("host_timer", "hypercall", "done")
 
 class VcpuThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
@@ -52,7 +55,7 @@ class VcpuThread(threading.Thread):
         self.task_binding = cfg["host"]["event_binding"] == "task"
         self.loaded = False
         self.max_modeled_ns = cfg["run"]["max_modeled_ms"] * 1_000_000
-        self.affinity: dict = {}
+        self.affinity = schema.Affinity(0, pcpu)
         self.cores = sorted(os.sched_getaffinity(0))     # the process's, before any pinning
         self.ledger = Ledger()
         self.guest_ns = 0
@@ -87,7 +90,7 @@ class VcpuThread(threading.Thread):
             self.pin_thread(self.pcpu)
             self.bound.set()
             log.info("vCPU thread up (tid %d, real CPUs %s): guest endpoint %s, host %s, "
-                     "policy %s", threading.get_native_id(), self.affinity.get("cpus", "any"),
+                     "policy %s", threading.get_native_id(), self.affinity.cpus or "any",
                      self.endpoint, self.host_ep, self.policy.name)
             self.serve(guest)
         except transport.Stopped:
@@ -107,13 +110,13 @@ class VcpuThread(threading.Thread):
     def pin_thread(self, pcpu: int) -> None:
         """Pin this thread to a core of the machine running the emulator (pCPU modulo the cores
         available), where the OS allows it; the emulated pCPU is recorded either way."""
-        self.affinity = {"tid": threading.get_native_id(), "pcpu": pcpu, "cpus": None}
+        self.affinity = schema.Affinity(threading.get_native_id(), pcpu)
         if not self.cfg["vm"]["real_affinity"]:
             return
         try:
             core = self.cores[pcpu % len(self.cores)]
             os.sched_setaffinity(0, {core})
-            self.affinity["cpus"] = sorted(os.sched_getaffinity(0))
+            self.affinity.cpus = sorted(os.sched_getaffinity(0))
         except (OSError, AttributeError) as exc:
             log.info("real affinity not applied: %s", exc)
 
@@ -301,30 +304,29 @@ class VcpuThread(threading.Thread):
 
     # --- report -----------------------------------------------------------------------------------
 
-    def report(self) -> dict:
-        total_ns = self.guest_ns + self.ledger.total(self.params)
-        return {
-            "vcpu": self.index, "pcpu": self.pcpu, "failure": self.failure,
-            "handle_event": {"measured_ns": self.he_measured.to_dict(),
-                             "modeled_ns": self.he_modeled.to_dict(),
-                             "by_reason": dict(self.pmu.stats["handle_event"]),
-                             "modeled_ns_by_param": {k: v * self.params[k]
-                                                     for k, v in self.he_ledger.items()}},
-            "reprogram_counter": dict(self.pmu.stats["reprogram_counter"]),
-            "perf_calls": self.host.perf_calls(),
-            "overflows": self.pmu.stats["overflows"],
-            "overflows_ignored": self.pmu.stats["overflows_ignored"],
-            "injected": self.injected,
-            "policy": self.policy.name,
-            "timeslices": self.stats["timeslices"],
-            "migrations": dict(self.migrations),
-            "oncpu_disagreements": self.stats["oncpu_disagreements"],
-            "affinity": self.affinity,
-            "entry_retries": self.stats["entry_retries"],
-            "nmi_handler": {"measured_ns": self.nmi_measured.to_dict(),
-                            "modeled_ns": self.nmi_modeled.to_dict()},
-            "exits": dict(self.exits),
-            "gp_faults": self.pmu.stats["gp_faults"],
-            "modeled_total_ns": total_ns, "modeled_guest_ns": self.guest_ns,
-            "protocol_errors": dict(self.errors.counts),
-        }
+    def report(self) -> schema.VcpuReport:
+        return schema.VcpuReport(
+            self.index, self.pcpu, self.failure, self.policy.name,
+            handle_event=schema.HandleEventReport(
+                self.he_measured.to_record(), self.he_modeled.to_record(),
+                dict(self.pmu.stats["handle_event"]),
+                {k: v * self.params[k] for k, v in self.he_ledger.items()}),
+            reprogram_counter=dict(self.pmu.stats["reprogram_counter"]),
+            perf_calls=self.host.perf_calls(),
+            overflows=self.pmu.stats["overflows"],
+            overflows_ignored=self.pmu.stats["overflows_ignored"],
+            injected=self.injected,
+            timeslices=self.stats["timeslices"],
+            migrations=dict(self.migrations),
+            oncpu_disagreements=self.stats["oncpu_disagreements"],
+            affinity=self.affinity,
+            entry_retries=self.stats["entry_retries"],
+            nmi_handler=schema.Timings(self.nmi_measured.to_record(),
+                                       self.nmi_modeled.to_record()),
+            exits=dict(self.exits),
+            gp_faults=self.pmu.stats["gp_faults"],
+            modeled_total_ns=self.guest_ns + self.ledger.total(self.params),
+            modeled_guest_ns=self.guest_ns,
+            modeled_other_exits_ns=sum(self.exits[r] for r in OTHER_EXITS)
+            * self.params["vmx_transition"],
+            protocol_errors=dict(self.errors.counts))

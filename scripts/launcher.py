@@ -8,6 +8,7 @@ invariant failed, 2 or more an error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -336,13 +337,14 @@ class Launcher:
         reports = {name: self.final_report(name, run, 10)
                    for name in ("guest-vm0", "kvm-vm0", "host")}
         wall = time.monotonic() - t0
+        by_kind = lambda kind: [r for r in reports.values() if isinstance(r, kind)]  # noqa: E731
         self.runs.append(report.build_run(policy, cfg, preset(cfg["host"]["preset"]),
-                                          reports["host"], reports["kvm-vm0"],
-                                          reports["guest-vm0"], wall, reason))
+                                          reports["host"], by_kind(schema.KvmReport),
+                                          by_kind(schema.GuestReport), wall, reason))
         if reason == "interrupted":
             raise KeyboardInterrupt
 
-    def final_report(self, name: str, run: int, timeout_s: float) -> dict:
+    def final_report(self, name: str, run: int, timeout_s: float):
         """FINISH one process's run and wait for what it counted, even after Ctrl-C."""
         self.control.send(schema.Finish(run), name.encode())
         return self.expect(MsgType.REPORT, {name}, timeout_s, interruptible=False)[1].body.stats
@@ -356,7 +358,7 @@ class Launcher:
             if name in self.children and not self.children[name].alive():
                 continue
             try:
-                reports[name] = self.final_report(name, run, 5)
+                reports[name] = dataclasses.asdict(self.final_report(name, run, 5))
             except (LaunchError, transport.PeerLost):
                 continue
         return reports
