@@ -12,6 +12,7 @@ import threading
 from common import schema, transport
 from common.costs import Ledger
 from common.schema import MsgType
+from kvm.clock import VcpuClock
 from kvm.pmu import KvmPmu, PerfCallRefused
 
 
@@ -20,11 +21,12 @@ class LinkBroken(Exception):
 
 
 class HostLink:
-    def __init__(self, chan: transport.Channel, name: str, ledger: Ledger,
+    def __init__(self, chan: transport.Channel, name: str, ledger: Ledger, clock: VcpuClock,
                  stop: threading.Event):
         self.chan = chan
         self.name = name
         self.ledger = ledger
+        self.clock = clock               # its now_ns goes to the host with each request
         self.stop = stop
         self.pmu: KvmPmu | None = None
         self.pending: collections.Counter = collections.Counter()   # retired, not yet sent
@@ -32,7 +34,6 @@ class HostLink:
         self.filtered: list[schema.FilteredBudget] = []   # from the last reply
         self.budget: dict[str, int] = {}
         self.next_id = 1
-        self.now_ns = 0                  # the vCPU's modeled clock, passed to the host
         self.calls: collections.Counter = collections.Counter()    # perf API calls by record
         self.timeout_s = transport.DEFAULT_TIMEOUT_S
 
@@ -59,7 +60,7 @@ class HostLink:
         return self.next_id - 1
 
     def _retired(self) -> schema.Retired:
-        retired = schema.Retired(dict(self.pending), self.stretches, self.now_ns)
+        retired = schema.Retired(dict(self.pending), self.stretches, self.clock.now_ns)
         self.pending.clear()
         self.stretches = []
         return retired
