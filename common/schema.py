@@ -1,9 +1,11 @@
 """The one place where vpmu-emu's messages are defined.
 
 Every frame is a msgpack map ``{"v": [major, minor], "t": type, "s": seq, "b": body}``. ``body`` is
-one small typed record per message type. ``decode`` is strict: anything else becomes a
-``ProtocolError`` whose ``kind`` names the class of fault, so a receiver can log it, count it, answer
-it and go on.
+one typed record per message type; a record's fields are plain values, other records, lists and
+dicts of them, or one of several records (sent as ``[record name, map]``). ``decode`` is strict
+down to the last nested field: anything else becomes a ``ProtocolError`` whose ``kind`` names the
+class of fault and whose detail the path to it, so a receiver can log it, count it, answer it and
+go on.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import msgpack
 
 from common.cmask import Filter
 
-PROTOCOL_MAJOR = 2                 # 2: typed perf API, requests and reports
+PROTOCOL_MAJOR = 2                # 2: typed perf API, host requests and reports
 PROTOCOL_MINOR = 0
 MAX_FRAME_BYTES = 16 << 20        # reports of the run's processes to the launcher
 MAX_LINK_FRAME_BYTES = 256 << 10  # perf calls, exits, entries: small by construction
@@ -340,6 +342,7 @@ class Exit:
     retired: dict
     in_nmi: bool = False           # the guest is inside its NMI handler (NMIs blocked)
     stretches: list[Stretch] = dataclasses.field(default_factory=list)
+    # sent while the last entry named EDGE/INV/CMASK counters (Entry.filtered), which count them
 
 
 @dataclasses.dataclass
@@ -351,7 +354,7 @@ class Entry:
     values: list = dataclasses.field(default_factory=list)   # CPUID: eax, ebx, ecx, edx
     nmi_window: bool = False       # an NMI waits for the guest's IRET: exit when NMIs unblock
     stop: str = ""                 # the run's budget is spent: the guest must stop (the reason)
-    filtered: list[FilteredBudget] = dataclasses.field(default_factory=list)
+    filtered: list[FilteredBudget] = dataclasses.field(default_factory=list)   # HostReply's
 
 
 @dataclasses.dataclass
