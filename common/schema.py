@@ -577,34 +577,37 @@ def _record(cls: type) -> _Codec:
     if cls in _CODECS:
         return _CODECS[cls]
     hints = typing.get_type_hints(cls)
-    fields = []
+    fields = []                      # name, plain types or None, decoder, path step, default
+    nested = []                      # name, encoder: the fields that are not sent as they are
     for f in dataclasses.fields(cls):
         codec = _codec(hints[f.name])
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        fields.append((f.name, required, codec.plain, codec.decode, "." + f.name))
-    nested = [(f.name, codec.encode) for f in dataclasses.fields(cls)
-              if (codec := _codec(hints[f.name])).encode is not None]
+        default = f.default_factory if f.default_factory is not dataclasses.MISSING else (
+            (lambda v=f.default: v) if f.default is not dataclasses.MISSING else None)
+        fields.append((f.name, codec.plain, codec.decode, "." + f.name, default))
+        if codec.encode is not None:
+            nested.append((f.name, codec.encode))
 
     def decode(value):
         if type(value) is not dict:
             raise _Bad("wrong_type", "", value)
-        kwargs = {}
-        for name, required, plain, sub, step in fields:
-            if name not in value:
-                if required:
-                    raise _Bad("missing_field", step)
-                continue
-            v = value[name]
-            if plain is not None:
-                if type(v) not in plain:
-                    raise _Bad("wrong_type", step, v)
+        args = []
+        for name, plain, sub, step, default in fields:
+            if name in value:
+                v = value[name]
+                if plain is not None:
+                    if type(v) not in plain:
+                        raise _Bad("wrong_type", step, v)
+                else:
+                    try:
+                        v = sub(v)
+                    except _Bad as bad:
+                        raise bad.at(step) from None
+            elif default is None:
+                raise _Bad("missing_field", step)
             else:
-                try:
-                    v = sub(v)
-                except _Bad as bad:
-                    raise bad.at(step) from None
-            kwargs[name] = v
-        return cls(**kwargs)
+                v = default()
+            args.append(v)
+        return cls(*args)
 
     if nested:
         def encode(obj):
@@ -622,6 +625,7 @@ def _record(cls: type) -> _Codec:
 def _one_of(records: list[type], optional: bool) -> _Codec:
     """One of several records, as [record name, map]; or None when the annotation allows it."""
     by_name = {cls.__name__: _record(cls) for cls in records}
+    tagged = {cls: (cls.__name__, by_name[cls.__name__].encode) for cls in records}
 
     def decode(value):
         if value is None and optional:
@@ -637,7 +641,10 @@ def _one_of(records: list[type], optional: bool) -> _Codec:
             raise bad.at("." + value[0]) from None
 
     def encode(obj):
-        return None if obj is None else [type(obj).__name__, _CODECS[type(obj)].encode(obj)]
+        if obj is None:
+            return None
+        name, enc = tagged[type(obj)]
+        return [name, enc(obj)]
     return _Codec(decode, encode)
 
 

@@ -17,6 +17,7 @@ class VcpuMetrics:
     def __init__(self, index: int, params: dict[str, int]):
         self.params = params
         self.exits: collections.Counter = collections.Counter()      # reason -> exits
+        self.exits_total = 0
         self.timeslices = 0
         self.entry_retries = 0
         self.injected = 0
@@ -26,8 +27,9 @@ class VcpuMetrics:
         self.he_modeled = Samples(index)
         self.he_ledger = Ledger()                # cost parameter -> times, over every call
 
-    def exits_total(self) -> int:
-        return sum(self.exits.values())
+    def exit(self, reason: str) -> None:
+        self.exits[reason] += 1
+        self.exits_total += 1
 
     def timed_handle_event(self, pmu, ledger: Ledger) -> None:
         """Run kvm_pmu_handle_event timed: measured around the call, modeled from what it

@@ -124,7 +124,7 @@ class VcpuThread(threading.Thread):
             if msg.body.reason == "done":
                 self.task.put()
                 guest.send(entry, peer)
-                log.info("guest vCPU done after %d exits", self.metrics.exits_total())
+                log.info("guest vCPU done after %d exits", self.metrics.exits_total)
                 return
             self.enter_guest(guest, peer, entry)
 
@@ -147,9 +147,9 @@ class VcpuThread(threading.Thread):
         if ex.reason == "budget":              # a host counter overflowed, or the slice ended
             spent = spent or self.pmu.stats["overflows"] > overflows
             reason = "host_pmi" if spent else "host_timer"
-        self.metrics.exits[reason] += 1
+        self.metrics.exit(reason)
         self.clock.sync()
-        self.task.preemption_point(self.metrics.exits_total(), overflows)
+        self.task.preemption_point(self.metrics.exits_total, overflows)
         value, gp, values = 0, False, []
         try:
             if ex.reason == "rdmsr":
@@ -187,7 +187,7 @@ class VcpuThread(threading.Thread):
             elif injection is not None:
                 guest.send(schema.Inject(*injection), peer)
                 self.metrics.injected += 1
-        injected_nmi = self.nmi.inject_now(self.metrics.exits_total())
+        injected_nmi = self.nmi.inject_now(self.metrics.exits_total)
         if injected_nmi:
             guest.send(schema.Inject("nmi", 2), peer)
             self.metrics.injected += 1
