@@ -79,26 +79,22 @@ class GuestVcpu(threading.Thread):
         if run["guest_program"]:
             reason = self.run_program(cpu, run["guest_program"])
         else:
-            reason = self.run_perf(cpu, workload, run["pmis"], run["max_exits"],
-                                   config.guest_sessions(self.cfg), g["watchdog"], topo.ghz,
-                                   g["context_switch_ms"])
+            reason = self.run_perf(cpu, workload, run["pmis"], config.guest_sessions(self.cfg),
+                                   g["watchdog"], topo.ghz, g["context_switch_ms"])
         oracle.finish()
         cpu._exit("done")
         log.info("vCPU done (%s): %d PMIs, %d exits, %d violations", reason, cpu.pmis,
                  cpu.exits_total(), len(oracle.violations))
         return reason
 
-    def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, max_exits: int,
-                 sessions: list[dict], watchdog: bool, ghz: float, switch_ms: int) -> str:
+    def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, sessions: list[dict],
+                 watchdog: bool, ghz: float, switch_ms: int) -> str:
         pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog), switch_ms)
         pmu.start()
         reason = "pmis"
         while pmu.handled < pmis:
-            if cpu.stop_reason:
-                reason = cpu.stop_reason
-                break
-            if cpu.exits_total() >= max_exits:
-                reason = "max_exits"
+            if cpu.stop_reason:                  # a budget (max_exits here, max_modeled_ms
+                reason = cpu.stop_reason         # from KVM) or a stop seen at an exit
                 break
             if self.stop.is_set():
                 reason = "stopped"

@@ -260,7 +260,8 @@ class VcpuThread(threading.Thread):
         retired = {k: v for k, v in ex.retired.items()
                    if k in msr.EVENT_KINDS and type(v) is int and v > 0}
         self.guest_ns += int(retired.get("cycles", 0) / self.ghz)
-        self.ledger.charge("vmx_transition")
+        if ex.reason != "flush":               # the emulator's exit (guest/cpu.py): no VM exit
+            self.ledger.charge("vmx_transition")
         self.nmi_handler_progress(ex.in_nmi)
         self.nmi_blocked = ex.in_nmi
         reason = ex.reason

@@ -1,5 +1,6 @@
 """Guest programs, perf sessions and the ground truth, through the real processes."""
 import os
+import time
 
 import pytest
 
@@ -59,6 +60,25 @@ def test_a_failing_program_exits_1_with_its_error(tmp_path):
     assert prog["checks"] == [{"name": "deliberate", "passed": False, "detail": "", "vcpu": 0}]
     assert "ValueError: boom" in prog["error"]
     assert "FAIL [oncpu] vcpu 0 deliberate" in proc.stdout
+
+
+def test_a_program_that_only_retires_ends_by_its_exit_budget(tmp_path):
+    """while True: cpu.retire(instructions=1) — no exit of its own, so the guest's flush
+    exits carry what it retired and let the budget end it, with nobody blamed."""
+    spin = tmp_path / "spin.py"
+    spin.write_text("def main(cpu):\n    while True:\n        cpu.retire(instructions=1)\n")
+    t0 = time.monotonic()
+    proc, results, out = launch(tmp_path, "--guest-program", str(spin), "--policy", "oncpu",
+                                "--host-preset", "small", "--max-exits", "20", timeout=120)
+    assert time.monotonic() - t0 < 90
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert results["complete"] and results["error"] is None
+    assert set(results["exit_codes"].values()) == {0}
+    run = results["runs"][0]
+    assert run["stop_reason"] == "max_exits"
+    assert run["exits"]["by_reason"]["flush"] >= 18
+    assert run["modeled_guest_ns"] > 0 and run["guest_program"]["error"] is None
+    assert "stopped answering" not in proc.stderr and "died" not in proc.stderr
 
 
 @pytest.mark.parametrize("fault, kind", [("kvm_drop_pmi", "missing_pmi"),
