@@ -136,6 +136,7 @@ class VcpuThread(threading.Thread):
         self.affinity: dict = {}
         self.cores = sorted(os.sched_getaffinity(0))     # the process's, before any pinning
         self.ledger = Ledger()
+        self.guest_cycles = 0
         self.guest_ns = 0
         self.nmi_pending = False
         self.exits: collections.Counter = collections.Counter()
@@ -259,7 +260,8 @@ class VcpuThread(threading.Thread):
     def handle_exit(self, ex: schema.Exit) -> schema.Entry:
         retired = {k: v for k, v in ex.retired.items()
                    if k in msr.EVENT_KINDS and type(v) is int and v > 0}
-        self.guest_ns += int(retired.get("cycles", 0) / self.ghz)
+        self.guest_cycles += retired.get("cycles", 0)   # converted whole: no ns lost per exit
+        self.guest_ns = int(self.guest_cycles / self.ghz)
         if ex.reason != "flush":               # the emulator's exit (guest/cpu.py): no VM exit
             self.ledger.charge("vmx_transition")
         self.nmi_handler_progress(ex.in_nmi)
