@@ -129,7 +129,8 @@ class VcpuThread(threading.Thread):
         self.stats = collections.Counter()
         self.migrations: collections.Counter = collections.Counter()
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
-                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"])
+                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"],
+                                 self.slice_ns)
         self.task_binding = cfg["host"]["event_binding"] == "task"
         self.loaded = False
         self.max_modeled_ns = cfg["run"]["max_modeled_ms"] * 1_000_000

@@ -72,7 +72,8 @@ def parse_args(argv):
                     help="end a vCPU's run when its modeled clock passes N ms")
     ap.add_argument("--migrate", metavar="SPEC",
                     help="none, every:N (exits), random:RATE (per modeled second), window "
-                    "(between an overflow and the next entry), to-busy:K")
+                    "(between an overflow and the next entry), to-busy:K (at an overflow, to "
+                    "a pCPU whose counters are all held, for K time slices)")
     ap.add_argument("--event-binding", choices=("task", "cpu"),
                     help="task: events follow the vCPU thread (KVM); cpu: bound to the pCPU "
                     "where they were created (the RFC text's model)")
