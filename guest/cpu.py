@@ -19,9 +19,9 @@ class BudgetStuck(RuntimeError):
     """KVM gave a budget that lets nothing retire: the run cannot go on."""
 
 
-class RunStopped(Exception):
+class RunStopped(BaseException):
     """The run's budget is spent (or the guest was told to stop); a guest program unwinds with
-    this."""
+    this. Not an Exception, so that a program's ``except Exception`` does not swallow it."""
 
 
 # Retire pieces after which the guest exits even though no budget ran out (reason "flush"), so

@@ -102,6 +102,17 @@ def test_an_exit_budget_ends_a_program_that_only_retires():
     assert cpu.exits_total() == 4 and cpu.exits["flush"] == 3
 
 
+def test_a_program_catching_every_exception_still_stops():
+    cpu = make_cpu(InstantKvm({"cycles": 10**9}), max_exits=2)
+    cpu.raise_on_stop = True
+    with pytest.raises(RunStopped):
+        while True:
+            try:
+                cpu.retire(instructions=1)
+            except Exception:                     # noqa: BLE001 - what a program might do
+                pass
+
+
 @pytest.mark.parametrize("bad", [{"instructions": -1}, {"branches": 1.5},
                                  {"cycles": "10"}, {"llc_misses": True}])
 def test_retire_refuses_what_is_not_a_count(bad):
