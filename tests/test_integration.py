@@ -29,6 +29,15 @@ def test_seed_scenario_runs_every_policy(seed_run):
     assert "kvm_pmu_handle_event calls" in proc.stdout
 
 
+def test_guest_time_is_the_same_work_under_every_policy(seed_run):
+    """The guest retires the same events under each policy; only where the exits cut them
+    differs, and that must not change the guest's modeled time (no ns dropped per exit)."""
+    runs = by_policy(seed_run[1])
+    assert len({r["guest_event_count"] for r in runs.values()}) == 1
+    assert len({r["modeled_guest_ns"] for r in runs.values()}) == 1, \
+        {p: r["modeled_guest_ns"] for p, r in runs.items()}
+
+
 def test_always_reprograms_every_call_and_oncpu_skips(seed_run):
     runs = by_policy(seed_run[1])
     a, o = runs["always"]["handle_event"], runs["oncpu"]["handle_event"]

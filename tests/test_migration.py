@@ -8,7 +8,9 @@ import time
 
 import pytest
 
+from common.topology import preset
 from conftest import LAUNCHER, assert_no_process_left, launch
+from kvm.migrate import Migrator
 
 pytestmark = pytest.mark.timeout(300)
 COMMON = ("--pmis", "10", "--host-preset", "small", "--max-modeled-ms", "3000")
@@ -59,6 +61,30 @@ def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
     oncpu = next(r for r in results["runs"] if r["policy"] == "oncpu")
     assert oncpu["handle_event"]["by_reason"] == {"reprogrammed_inactive": 1}
     assert_no_process_left(out)
+
+
+def test_to_busy_as_the_docs_show_it(tmp_path):
+    """The README's command: every policy loses the counter on the busy pCPU, reported as
+    counter_unavailable, and the run ends by its modeled-time budget (no PMI comes again)."""
+    proc, results, out = launch(tmp_path, "--migrate", "to-busy:3", "--max-modeled-ms", "500")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(results["runs"]) == 4
+    for run in results["runs"]:
+        assert set(run["invariants"]["by_kind"]) == {"counter_unavailable"}, run["policy"]
+        assert run["migrations_by_kind"] == {"to-busy": 1, "to-busy-return": 1}
+        assert run["stop_reason"] == "max_modeled_ms"
+    assert "VIOLATION" not in proc.stdout
+
+
+def test_to_busy_stays_k_time_slices_not_k_exits():
+    """The guest's PMI handler alone makes about eight exits: counted in exits, to-busy:3
+    would bring the vCPU home before it retired anything on the busy pCPU."""
+    slice_ns = 4_000_000
+    m = Migrator("to-busy:3", 0, 0, 1, preset("small"), [7], [], slice_ns)
+    assert m.decide(0, 10, 1_000_000, overflowed=True) == (7, "to-busy")
+    for exits in range(11, 100):                     # the handler, then slices on pCPU 7
+        assert m.decide(7, exits, 1_000_000 + (exits - 11) * 100_000, False) is None
+    assert m.decide(7, 100, 1_000_000 + 3 * slice_ns, False) == (0, "to-busy-return")
 
 
 @pytest.mark.parametrize("spec", ["every:7", "random:300"])
