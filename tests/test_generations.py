@@ -4,6 +4,7 @@ and the values the emulator takes from it are the ones the kernel sources show
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from kvm import generations as g
 
 pytestmark = pytest.mark.unit
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALWAYS, ONCPU, REUSE, DEFERRED = (g.GENERATIONS[n] for n in ("always", "oncpu", "reuse",
                                                               "deferred"))
 
@@ -132,3 +134,7 @@ def test_generations_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFERRED.release = (6, 6)
 
+
+def test_docs_show_the_table_as_the_module_has_it():
+    with open(os.path.join(ROOT, "docs", "generations.md"), encoding="utf-8") as fh:
+        assert g.markdown_table() in fh.read()
