@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 from common import config, kernels, logsetup, schema, security, transport  # noqa: E402
 from common.schema import MsgType  # noqa: E402
-from common.topology import preset  # noqa: E402
+from common.topology import PRESETS, preset  # noqa: E402
 from guest import program  # noqa: E402
 
 import report  # noqa: E402
@@ -63,7 +63,7 @@ def parse_args(argv):
                     help="switch the guest's perf task with another task every N ms (0: never)")
     ap.add_argument("--guest-watchdog", choices=("on", "off"),
                     help="the guest's NMI watchdog (a cycles event on a counter)")
-    ap.add_argument("--host-preset", help="emulated host: skx-4s, bdx-2s, clx-2s, small")
+    ap.add_argument("--host-preset", help=f"emulated host: {', '.join(PRESETS)}")
     ap.add_argument("--watchdog", choices=("on", "off"), help="host NMI watchdog")
     ap.add_argument("--host-kernel", dest="kernel", help="host kernel release whose code the "
                     f"costs follow: {', '.join(kernels.KERNELS)} (default {kernels.DEFAULT})")
