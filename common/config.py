@@ -9,7 +9,7 @@ import copy
 import os
 import tomllib
 
-from common import costs, msr
+from common import costs, kernels, msr
 from common.topology import PRESETS
 
 # The seed scenario (shared/reference/seed-rfc-patch.txt): a 4-socket Skylake-SP host with the NMI
@@ -21,7 +21,7 @@ DEFAULTS: dict = {
             "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
             "guest_program": ""},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],
-             "event_binding": "task"},
+             "event_binding": "task", "kernel": kernels.DEFAULT, "x2apic": "cluster"},
     "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
            "migrate": "none", "migrations": []},
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000,
@@ -100,6 +100,10 @@ def validate(cfg: dict, where: str) -> dict:
     _check(host["preset"] in PRESETS, where, "host.preset",
            f"unknown preset {host['preset']!r}; known: {', '.join(PRESETS)}")
     _check(type(host["watchdog"]) is bool, where, "host.watchdog", "must be true or false")
+    _check(host["kernel"] in kernels.KERNELS, where, "host.kernel",
+           f"unknown host kernel {host['kernel']!r}; modeled: {', '.join(kernels.KERNELS)}")
+    _check(host["x2apic"] in ("cluster", "physical"), where, "host.x2apic",
+           "must be cluster or physical")
     topo = PRESETS[host["preset"]]
     _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
     _int(run["max_modeled_ms"], where, "run.max_modeled_ms", 1)
@@ -174,7 +178,7 @@ def validate(cfg: dict, where: str) -> dict:
     _check(isinstance(prog, str) and (not prog or os.path.isfile(prog)), where,
            "run.guest_program", f"no such file {prog!r}")
     try:
-        costs.resolve(cfg["costs"])
+        costs.resolve(cfg["costs"], topo)
     except ValueError as exc:
         raise ConfigError(where, "costs", str(exc)) from None
     return cfg

@@ -10,6 +10,7 @@ import zmq
 from common import costs, msr, schema, service, transport
 from common.costs import Ledger
 from common.schema import MsgType
+from common.stats import Samples
 from common.topology import preset
 from host.perf import HostPerf, PerfError
 
@@ -38,14 +39,18 @@ class HostServer:
         host = cfg["host"]
         self.topo = preset(host["preset"])
         self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"],
-                             tuple(host["busy_pcpus"]), host["event_binding"])
+                             tuple(host["busy_pcpus"]), host["event_binding"], host["kernel"],
+                             host["x2apic"])
         self.waiting: dict[int, list] = collections.defaultdict(list)   # pCPU run queues
-        self.params = costs.resolve(cfg["costs"])
-        self.op_costs: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        self.params = costs.resolve(cfg["costs"], self.topo)
+        # per perf call kind: modeled ns of each call (mid values) and the counts they charged
+        self.op_costs: dict[str, tuple[Samples, Ledger]] = collections.defaultdict(
+            lambda: (Samples(), Ledger()))
         self.chan.seq = schema.SeqCounter()
         self.links = set()
-        log.info("configured %s, watchdog %s, %d host pinned events per pCPU",
-                 self.topo.describe(), "on" if host["watchdog"] else "off", host["host_pinned"])
+        log.info("configured %s, host kernel %s, x2APIC %s, watchdog %s, %d host pinned events "
+                 "per pCPU", self.topo.describe(), host["kernel"], host["x2apic"],
+                 "on" if host["watchdog"] else "off", host["host_pinned"])
 
     def handle(self) -> None:
         try:
@@ -120,9 +125,9 @@ class HostServer:
                 self.send(schema.Oncpu(int(handle), oncpu, ev.error), peer)
         cost = ledger.total(self.params)
         perf.charge_cpu(owner, cost)
-        tally = self.op_costs[call.op]
-        tally[0] += 1
-        tally[1] += cost
+        samples, counts = self.op_costs[call.op]
+        samples.add(cost)
+        counts.update(ledger)
         self.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
                                    perf.budget(owner), after, error,
                                    perf.filtered_budget(owner)), peer)
@@ -130,8 +135,8 @@ class HostServer:
     def report(self) -> dict:
         perf = self.perf
         return {"preset": self.topo.name, "cpus": self.topo.ncpus,
-                "perf_costs": {op: {"calls": n, "mean_ns": total / n}
-                               for op, (n, total) in sorted(self.op_costs.items()) if n},
+                "perf_costs": {op: {"modeled_ns": samples.to_dict(), "ledger": dict(counts)}
+                               for op, (samples, counts) in sorted(self.op_costs.items())},
                 "pmc_refcount": perf.pmc_refcount, **perf.stats,
                 "pcpu_modeled_ns": {str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
                 "unavailable": {task: {str(ctx): n for ctx, n in lost.items()}

@@ -118,14 +118,17 @@ class VcpuThread(threading.Thread):
         self.bound = threading.Event()
         self.stop = threading.Event()
         self.failure: str | None = None
-        self.params = costs.resolve(cfg["costs"])
+        self.params = costs.resolve(cfg["costs"], topo)
         self.ghz = cfg["ghz"]
         self.slice_ns = cfg["vm"]["timeslice_ms"] * 1_000_000
         self.next_tick = self.slice_ns
-        self.nmi_started: tuple[int, int] | None = None   # (wall ns, modeled ns) at injection
-        self.nmi_last: tuple[int, int] | None = None
+        # (wall ns, guest ns, ledger) at the injection and at the handler's latest exit
+        self.nmi_started: tuple[int, int, Ledger] | None = None
+        self.nmi_last: tuple[int, int, Ledger] | None = None
         self.nmi_measured = Samples(index)
         self.nmi_modeled = Samples(index)
+        self.nmi_ledger = Ledger()             # what the handlers' windows charged, in total
+        self.nmi_guest_ns = 0
         self.stats = collections.Counter()
         self.migrations: collections.Counter = collections.Counter()
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
@@ -323,11 +326,15 @@ class VcpuThread(threading.Thread):
         if self.nmi_started is None:
             return
         if in_nmi:
-            self.nmi_last = (time.perf_counter_ns(), self.host.now_ns)
+            self.nmi_last = (time.perf_counter_ns(), self.guest_ns, Ledger(self.ledger))
             return
-        end = self.nmi_last or self.nmi_started
-        self.nmi_measured.add(end[0] - self.nmi_started[0])
-        self.nmi_modeled.add(end[1] - self.nmi_started[1])
+        start, end = self.nmi_started, self.nmi_last or self.nmi_started
+        spent = Ledger(end[2])
+        spent.subtract(start[2])
+        self.nmi_ledger.update(spent)
+        self.nmi_guest_ns += end[1] - start[1]
+        self.nmi_measured.add(end[0] - start[0])
+        self.nmi_modeled.add(end[1] - start[1] + spent.total(self.params))
         self.nmi_started = self.nmi_last = None
 
     # --- entry ----------------------------------------------------------------------------------
@@ -365,7 +372,7 @@ class VcpuThread(threading.Thread):
         entry.nmi_window = self.nmi_pending and self.nmi_blocked
         self.sync_clock()
         if injected_nmi:
-            self.nmi_started = (time.perf_counter_ns(), self.host.now_ns)
+            self.nmi_started = (time.perf_counter_ns(), self.guest_ns, Ledger(self.ledger))
         ticks = int((self.next_tick - self.host.now_ns) * self.ghz)
         entry.budget = self.host.guest_budget(max(ticks, 1))
         entry.filtered = self.host.filtered
@@ -393,8 +400,7 @@ class VcpuThread(threading.Thread):
             "handle_event": {"measured_ns": self.he_measured.to_dict(),
                              "modeled_ns": self.he_modeled.to_dict(),
                              "by_reason": dict(self.pmu.stats["handle_event"]),
-                             "modeled_ns_by_param": {k: v * self.params[k]
-                                                     for k, v in self.he_ledger.items()}},
+                             "ledger": dict(self.he_ledger)},
             "reprogram_counter": dict(self.pmu.stats["reprogram_counter"]),
             "perf_calls": {op: self.host.calls[op] for op in PERF_API_OPS},
             "overflows": self.pmu.stats["overflows"],
@@ -407,7 +413,9 @@ class VcpuThread(threading.Thread):
             "affinity": self.affinity,
             "entry_retries": self.stats["entry_retries"],
             "nmi_handler": {"measured_ns": self.nmi_measured.to_dict(),
-                            "modeled_ns": self.nmi_modeled.to_dict()},
+                            "modeled_ns": self.nmi_modeled.to_dict(),
+                            "ledger": {k: v for k, v in self.nmi_ledger.items() if v},
+                            "guest_ns": self.nmi_guest_ns},
             "exits": dict(self.exits),
             "gp_faults": self.pmu.stats["gp_faults"],
             "modeled_total_ns": total_ns, "modeled_guest_ns": self.guest_ns,

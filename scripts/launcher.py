@@ -25,9 +25,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from common import config, costs, logsetup, schema, security, transport  # noqa: E402
+from common import config, kernels, logsetup, schema, security, transport  # noqa: E402
 from common.schema import MsgType  # noqa: E402
-from common.topology import preset  # noqa: E402
+from common.topology import PRESETS, preset  # noqa: E402
 from guest import program  # noqa: E402
 
 import report  # noqa: E402
@@ -63,10 +63,14 @@ def parse_args(argv):
                     help="switch the guest's perf task with another task every N ms (0: never)")
     ap.add_argument("--guest-watchdog", choices=("on", "off"),
                     help="the guest's NMI watchdog (a cycles event on a counter)")
-    ap.add_argument("--host-preset", help="emulated host: skx-4s, bdx-2s, clx-2s, small")
+    ap.add_argument("--host-preset", help=f"emulated host: {', '.join(PRESETS)}")
     ap.add_argument("--watchdog", choices=("on", "off"), help="host NMI watchdog")
+    ap.add_argument("--host-kernel", dest="kernel", help="host kernel release whose code the "
+                    f"costs follow: {', '.join(kernels.KERNELS)} (default {kernels.DEFAULT})")
+    ap.add_argument("--x2apic", choices=("cluster", "physical"),
+                    help="x2APIC mode of the host (cluster unless firmware forces physical)")
     ap.add_argument("--cost", action="append", default=[], metavar="NAME=NS",
-                    help="override one cost parameter (repeatable)")
+                    help="override one cost parameter: NAME=NS or NAME=LOW:MID:HIGH (repeatable)")
     ap.add_argument("--max-exits", type=int, help="end a vCPU's run after N exits")
     ap.add_argument("--max-modeled-ms", type=int,
                     help="end a vCPU's run when its modeled clock passes N ms")
@@ -126,8 +130,8 @@ def resolve_config(args) -> dict:
                          ("context_switch_ms", "guest")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
-    for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"),
-                         ("event_binding", "host"), ("host_pinned", "host")):
+    for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"), ("kernel", "host"),
+                         ("x2apic", "host"), ("event_binding", "host"), ("host_pinned", "host")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
     if args.pin:
@@ -145,9 +149,12 @@ def resolve_config(args) -> dict:
         flags["host"]["watchdog"] = args.watchdog == "on"
     for item in args.cost:
         name, sep, ns = item.partition("=")
-        if not sep or not ns.strip().isdigit():
-            raise config.ConfigError("--cost", item, "expected NAME=NS with NS a whole number")
-        flags["costs"][name.strip()] = int(ns)
+        values = ns.split(":")
+        if not sep or len(values) not in (1, 3) or not all(v.strip().isdigit() for v in values):
+            raise config.ConfigError("--cost", item, "expected NAME=NS or NAME=LOW:MID:HIGH "
+                                     "with whole numbers of ns")
+        flags["costs"][name.strip()] = (int(ns) if len(values) == 1
+                                        else [int(v) for v in values])
     cfg = config.merge(cfg, {k: v for k, v in flags.items() if v}, "command line")
     cfg = config.validate(cfg, args.scenario or "command line")
     if cfg["run"]["guest_program"]:         # refused here, before any process starts
@@ -428,7 +435,7 @@ def main(argv=None) -> int:
     if explain and args.pmis is None:
         cfg["run"]["pmis"] = 5
     if explain:
-        say(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
+        say(report.cost_table(cfg) + "\n")
     run_dir = new_run_dir(cfg["launch"]["out"])
     logsetup.setup("launcher", run_dir)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
@@ -442,7 +449,8 @@ def main(argv=None) -> int:
     results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
                "error": None}
     code = EXIT_OK
-    say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
+    say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, host kernel "
+          f"{cfg['host']['kernel']}, x2APIC {cfg['host']['x2apic']}, watchdog "
           f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
           f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
           f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}")
@@ -488,7 +496,7 @@ def main(argv=None) -> int:
                       "(all in results.json)")
     if explain:
         for r in results["runs"]:
-            say("\n" + report.breakdown(r))
+            say("\n" + report.breakdown(r, cfg))
     unclean = {n: c for n, c in results["exit_codes"].items() if c != 0}
     if code == EXIT_OK and unclean:
         say(f"launch: processes did not exit cleanly: {unclean} (negative: killed by that "

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import collections
 
+from common import costs
 from common.stats import summary
+from common.topology import preset
 
 ALWAYS_VIOLATION_OK = ("counter_unavailable",)
 SHOW_PER_KIND = 5
@@ -29,23 +31,33 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
     migrations = add_counts(v["migrations"] for v in kv)
     total_ns = sum(v["modeled_total_ns"] for v in kv)
     guest_ns = sum(v["modeled_guest_ns"] for v in kv)
-    by_param = add_counts(v["handle_event"]["modeled_ns_by_param"] for v in kv)
+    low, mid, high = costs.bands(cfg["costs"], topo)
+    he_counts = add_counts(v["handle_event"]["ledger"] for v in kv)
     calls = sum(m["count"] for m in modeled)
     nmi_measured = [v["nmi_handler"]["measured_ns"] for v in kv]
     nmi_modeled = [v["nmi_handler"]["modeled_ns"] for v in kv]
+    nmi_counts = add_counts(v["nmi_handler"]["ledger"] for v in kv)
+    nmi_guest_ns = sum(v["nmi_handler"]["guest_ns"] for v in kv)
     return {
         "policy": kv[0]["policy"] if kv else policy,
-        "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"]},
+        "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"],
+                 "kernel": cfg["host"]["kernel"], "x2apic": cfg["host"]["x2apic"]},
         "vms": 1, "vcpus": len(kv),
         "handle_event": {"calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
                          "skipped": skipped, "measured_ns": summary(measured),
-                         "modeled_ns": summary(modeled), "by_reason": by_reason,
-                         "modeled_by_param": {k: v / calls for k, v in sorted(by_param.items())}
+                         "modeled_ns": with_band(modeled, he_counts, low, high),
+                         "by_reason": by_reason,
+                         "counts_per_call": {k: n / calls for k, n in sorted(he_counts.items())}
+                         if calls else {},
+                         "modeled_by_param": {k: n * mid[k] / calls
+                                              for k, n in sorted(he_counts.items())}
                          if calls else {}},
         "reprogram_counter": {"calls": sum(by_cause.values()),
                               "by_cause": {"handle_event": 0, "msr_write": 0, **by_cause}},
         "perf_calls": add_counts(v["perf_calls"] for v in kv),
-        "perf_costs": host["perf_costs"],
+        "perf_costs": {op: {"calls": c["modeled_ns"]["count"],
+                            "modeled_ns": with_band([c["modeled_ns"]], c["ledger"], low, high)}
+                       for op, c in host["perf_costs"].items()},
         "pmis": {"overflows": sum(v["overflows"] for v in kv),
                  "injected": sum(v["injected"] for v in kv),
                  "handled": sum(v["pmis_handled"] for v in gv)},
@@ -56,7 +68,8 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
         "guest_rotations": sum(v["rotations"] for v in gv),
         "guest_context_switches": sum(v["context_switches"] for v in gv),
         "guest_nmi_handler": {"measured_ns": summary(nmi_measured),
-                              "modeled_ns": summary(nmi_modeled)},
+                              "modeled_ns": with_band(nmi_modeled, nmi_counts, low, high,
+                                                      nmi_guest_ns)},
         "timeslices": sum(v["timeslices"] for v in kv),
         "entry_retries": sum(v["entry_retries"] for v in kv),
         "exits": {"total": sum(exits.values()), "by_reason": exits},
@@ -78,6 +91,17 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
         **({"guest_program": program_result(gv)} if cfg["run"]["guest_program"] else {}),
         "wall_s": round(wall_s, 3),
     }
+
+
+def with_band(parts: list[dict], counts: dict, low: dict, high: dict,
+              fixed_ns: int = 0) -> dict:
+    """mean / p50 / p99 / min of the modeled samples (mid values) and the band of the mean: the
+    same counts at every parameter's low and high value (``fixed_ns``: guest time, no range)."""
+    out = summary(parts)
+    n = sum(p["count"] for p in parts)
+    lo, hi = costs.band_of_mean(counts, n, low, high)
+    extra = fixed_ns / n if n else 0
+    return dict(out, band=[lo + extra, hi + extra])
 
 
 def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:
@@ -130,27 +154,41 @@ def failed_checks(run: dict) -> list[dict]:
     return bad
 
 
-def cost_table(values: dict[str, int]) -> str:
-    """The cost parameters of the run, with their reasons."""
-    from common.costs import PARAMS
-    width = max(map(len, PARAMS))
-    lines = ["cost parameters (ns; override with --cost NAME=NS or a [costs] table):"]
-    for name, p in PARAMS.items():
-        mark = "" if values[name] == p.ns else f"  (default {p.ns:,})"
-        lines.append(f"  {name.ljust(width)} {values[name]:>12,}{mark}\n"
-                     f"  {''.ljust(width)} {'':>12} {p.reason}")
+def cost_table(cfg: dict) -> str:
+    """The cost parameters of the run: low, mid, high, what each stands for and its sources."""
+    topo = preset(cfg["host"]["preset"])
+    table = costs.table(topo)
+    low, mid, high = costs.bands(cfg["costs"], topo)
+    width = max(map(len, table))
+    lines = [f"cost parameters for {topo.name} (ns: low / mid / high; override with --cost "
+             "NAME=NS or NAME=LOW:MID:HIGH, or a [costs] table):"]
+    for name, p in table.items():
+        mark = "" if (low[name], mid[name], high[name]) == (p.low, p.mid, p.high) else \
+            f"  (default {p.low:,} / {p.mid:,} / {p.high:,})"
+        lines.append(f"  {name.ljust(width)} {low[name]:>10,} / {mid[name]:>10,} / "
+                     f"{high[name]:>10,}{mark}\n"
+                     f"  {''.ljust(width)} {p.what}\n  {''.ljust(width)} source: {p.source}")
     return "\n".join(lines)
 
 
-def breakdown(run: dict) -> str:
-    """Where one kvm_pmu_handle_event's modeled time came from, mechanism by mechanism."""
-    by_param = run["handle_event"]["modeled_by_param"]
-    total = sum(by_param.values())
+def breakdown(run: dict, cfg: dict) -> str:
+    """Where one kvm_pmu_handle_event's modeled time came from, mechanism by mechanism: each
+    one's share of the mid figure and of the band's width."""
+    per_call = run["handle_event"]["counts_per_call"]
+    low, mid, high = costs.bands(cfg["costs"], preset(run["host"]["preset"]))
+    total = sum(n * mid[k] for k, n in per_call.items())
     if not total:
         return f"[{run['policy']}] no kvm_pmu_handle_event call to explain"
-    lines = [f"[{run['policy']}] one kvm_pmu_handle_event: {total:,.0f} ns modeled"]
-    for name, ns in sorted(by_param.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {name:34} {ns:>16,.0f} ns  {100 * ns / total:6.2f} %")
+    width = sum(n * (high[k] - low[k]) for k, n in per_call.items()) or 1
+    lo, hi = run["handle_event"]["modeled_ns"]["band"]
+    lines = [f"[{run['policy']}] one kvm_pmu_handle_event: {fmt_ns(total)} mid, band "
+             f"{fmt_ns(lo)} - {fmt_ns(hi)}",
+             f"  {'parameter':34} {'count':>12} {'mid ns':>14} {'% of mid':>9} "
+             f"{'width ns':>14} {'% of width':>10}"]
+    for k, n in sorted(per_call.items(), key=lambda kv: -kv[1] * mid[kv[0]]):
+        w = n * (high[k] - low[k])
+        lines.append(f"  {k:34} {n:>12,.1f} {n * mid[k]:>14,.0f} {100 * n * mid[k] / total:>8.2f}%"
+                     f" {w:>14,.0f} {100 * w / width:>9.2f}%")
     return "\n".join(lines)
 
 
@@ -162,10 +200,20 @@ def fmt_ns(ns: float) -> str:
     return f"{ns:,.0f} ns"
 
 
+def fmt_band(m: dict) -> str:
+    """A modeled figure as mid (low-high)."""
+    lo, hi = m["band"]
+    return f"{fmt_ns(m['mean'])} ({fmt_ns(lo)}–{fmt_ns(hi)})"
+
+
 def table(runs: list[dict]) -> str:
     """The side-by-side comparison a run prints."""
     def he(r, key, stat):
         return r["handle_event"][key][stat]
+
+    def op(r, name):
+        c = r["perf_costs"].get(name)
+        return fmt_band(c["modeled_ns"]) if c else "-"
 
     rows = [
         ("kvm_pmu_handle_event calls", lambda r: f"{r['handle_event']['calls']:,}"),
@@ -174,16 +222,18 @@ def table(runs: list[dict]) -> str:
         ("  measured mean", lambda r: fmt_ns(he(r, "measured_ns", "mean"))),
         ("  measured p50 / p99", lambda r: f"{fmt_ns(he(r, 'measured_ns', 'p50'))} / "
                                          f"{fmt_ns(he(r, 'measured_ns', 'p99'))}"),
-        ("  modeled mean", lambda r: f"{he(r, 'modeled_ns', 'mean'):,.0f} ns"),
+        ("  modeled mean (band)", lambda r: fmt_band(r["handle_event"]["modeled_ns"])),
         ("  modeled p50 / p99", lambda r: f"{fmt_ns(he(r, 'modeled_ns', 'p50'))} / "
                                         f"{fmt_ns(he(r, 'modeled_ns', 'p99'))}"),
-        ("guest NMI handler modeled mean", lambda r: fmt_ns(
-            r["guest_nmi_handler"]["modeled_ns"]["mean"])),
+        ("guest NMI handler modeled (band)", lambda r: fmt_band(
+            r["guest_nmi_handler"]["modeled_ns"])),
         ("reprogram_counter calls", lambda r: f"{r['reprogram_counter']['calls']:,}"),
         ("perf create / release / read", lambda r: "{create:,} / {release:,} / {read:,}".format(
             **r["perf_calls"])),
         ("perf pause / period / enable", lambda r: "{pause:,} / {period:,} / {enable:,}".format(
             **r["perf_calls"])),
+        ("  create modeled (band)", lambda r: op(r, "create")),
+        ("  release modeled (band)", lambda r: op(r, "release")),
         ("host PMU reservations (0->1)", lambda r: f"{r['host_perf']['refcount_crossings']['reserve']:,}"),
         ("overflows / PMIs injected / handled", lambda r: "{overflows:,} / {injected:,} / "
                                                          "{handled:,}".format(**r["pmis"])),

@@ -23,7 +23,8 @@ def test_seed_scenario_runs_every_policy(seed_run):
         assert r["pmis"]["handled"] == 30
         assert r["pmis"]["injected"] == r["pmis"]["overflows"] == 30
         assert r["invariants"]["checked"] > 0 and r["invariants"]["violations"] == []
-        assert r["host"] == {"preset": "skx-4s", "cpus": 224, "watchdog": False}
+        assert r["host"] == {"preset": "skx-4s", "cpus": 224, "watchdog": False,
+                             "kernel": "4.20", "x2apic": "cluster"}
         assert r["timeslices"] > 0
         assert r["guest_nmi_handler"]["modeled_ns"]["mean"] > 0
     assert "kvm_pmu_handle_event calls" in proc.stdout
