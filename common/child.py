@@ -42,7 +42,7 @@ def arg_parser(role: str) -> argparse.ArgumentParser:
     return ap
 
 
-class Service:
+class Process:
     def __init__(self, role: str, args: argparse.Namespace):
         self.role, self.name = role, args.name
         os.makedirs(args.run_dir, exist_ok=True)
@@ -141,7 +141,7 @@ class Heartbeat(threading.Thread):
     """Heartbeats to and from the launcher on a link of their own, so that a busy process and a
     dead one look different: each beat carries the process's progress."""
 
-    def __init__(self, svc: Service, control_ep: str, lost_after: float):
+    def __init__(self, svc: Process, control_ep: str, lost_after: float):
         super().__init__(name="heartbeat", daemon=True)
         self.svc, self.lost_after = svc, lost_after
         self.chan = transport.Channel(transport.socket(svc.ctx, zmq.DEALER, f"{svc.name}.hb"))

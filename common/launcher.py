@@ -21,15 +21,11 @@ import time
 
 import zmq
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from common import config, costs, logsetup, results, schema, security, transport
+from common.schema import MsgType
+from common.topology import preset
 
-from common import config, costs, logsetup, schema, security, transport  # noqa: E402
-from common.schema import MsgType  # noqa: E402
-from common.topology import preset  # noqa: E402
-
-import report  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
 LOG = logging.getLogger("launcher")
@@ -336,7 +332,7 @@ class Launcher:
         reports = {name: self.final_report(name, run, 10)
                    for name in ("guest-vm0", "kvm-vm0", "host")}
         wall = time.monotonic() - t0
-        self.runs.append(report.build_run(policy, cfg, preset(cfg["host"]["preset"]),
+        self.runs.append(results.build_run(policy, cfg, preset(cfg["host"]["preset"]),
                                           reports["host"], reports["kvm-vm0"],
                                           reports["guest-vm0"], wall, reason))
         if reason == "interrupted":
@@ -423,7 +419,7 @@ def main(argv=None) -> int:
     if explain and args.pmis is None:
         cfg["run"]["pmis"] = 5
     if explain:
-        say(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
+        say(results.cost_table(costs.resolve(cfg["costs"])) + "\n")
     run_dir = new_run_dir(cfg["launch"]["out"])
     logsetup.setup("launcher", run_dir)
     write_atomic(os.path.join(run_dir, "config.json"), cfg)
@@ -434,7 +430,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
+    outcome = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
                "error": None}
     code = EXIT_OK
     say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
@@ -446,47 +442,47 @@ def main(argv=None) -> int:
         for run, policy in enumerate(cfg["run"]["policies"]):
             say(f"  running policy {policy} ...")
             launcher.run_policy(run, policy)
-        results["complete"] = True
+        outcome["complete"] = True
     except KeyboardInterrupt:
-        results["error"] = "interrupted"
+        outcome["error"] = "interrupted"
         code = EXIT_INTERRUPTED
     except (LaunchError, transport.PeerLost) as exc:
-        results["error"] = str(exc)
+        outcome["error"] = str(exc)
         print(f"launch: {exc}", file=sys.stderr)
         code = EXIT_ERROR
-        results["partial_reports"] = launcher.collect_partial(
+        outcome["partial_reports"] = launcher.collect_partial(
             len(launcher.runs), getattr(exc, "lost", None))
     finally:
-        results["exit_codes"] = launcher.shutdown(results["error"] or "run complete",
+        outcome["exit_codes"] = launcher.shutdown(outcome["error"] or "run complete",
                                                   failed=code == EXIT_ERROR)
-        results["launcher_protocol_errors"] = dict(launcher.errors.counts)
-        write_atomic(os.path.join(run_dir, "results.json"), results)
-    if results["runs"]:
+        outcome["launcher_protocol_errors"] = dict(launcher.errors.counts)
+        write_atomic(os.path.join(run_dir, "results.json"), outcome)
+    if outcome["runs"]:
         say()
-        say(report.table(results["runs"]))
-    for r in results["runs"]:
+        say(results.table(outcome["runs"]))
+    for r in outcome["runs"]:
         for c in r.get("guest_program", {}).get("checks", []):
             say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
                   f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
         shown: dict[str, int] = {}
-        for v in report.failed_checks(r):
+        for v in results.failed_checks(r):
             shown[v["kind"]] = shown.get(v["kind"], 0) + 1
-            if shown[v["kind"]] <= report.SHOW_PER_KIND:
+            if shown[v["kind"]] <= results.SHOW_PER_KIND:
                 say(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
                       f"{v['counter']}: {v['detail']}")
         for kind, n in shown.items():
-            if n > report.SHOW_PER_KIND:
-                say(f"  VIOLATION [{r['policy']}] {kind}: {n - report.SHOW_PER_KIND} more "
+            if n > results.SHOW_PER_KIND:
+                say(f"  VIOLATION [{r['policy']}] {kind}: {n - results.SHOW_PER_KIND} more "
                       "(all in results.json)")
     if explain:
-        for r in results["runs"]:
-            say("\n" + report.breakdown(r))
-    unclean = {n: c for n, c in results["exit_codes"].items() if c != 0}
+        for r in outcome["runs"]:
+            say("\n" + results.breakdown(r))
+    unclean = {n: c for n, c in outcome["exit_codes"].items() if c != 0}
     if code == EXIT_OK and unclean:
         say(f"launch: processes did not exit cleanly: {unclean} (negative: killed by that "
             "signal)", file=sys.stderr)
         code = EXIT_ERROR
-    if code == EXIT_OK and any(report.failed_checks(r) for r in results["runs"]):
+    if code == EXIT_OK and any(results.failed_checks(r) for r in outcome["runs"]):
         code = EXIT_CHECK_FAILED
     say(f"\nresults: {os.path.join(run_dir, 'results.json')}")
     return code

@@ -7,7 +7,7 @@ import sys
 
 import zmq
 
-from common import costs, msr, schema, service, transport
+from common import costs, msr, schema, child, transport
 from common.costs import Ledger
 from common.schema import MsgType
 from common.topology import preset
@@ -140,8 +140,8 @@ class HostServer:
 
 
 def main(argv=None) -> int:
-    args = service.arg_parser("host").parse_args(argv)
-    svc = service.Service("host", args)
+    args = child.arg_parser("host").parse_args(argv)
+    svc = child.Process("host", args)
     chan = transport.Channel(transport.socket(svc.ctx, zmq.ROUTER))
     server = HostServer(chan, svc.errors)
     try:

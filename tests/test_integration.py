@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import LAUNCHER, assert_no_process_left, launch
+from conftest import LAUNCH, assert_no_process_left, launch
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -106,9 +106,9 @@ def test_sigint_stops_every_process_and_keeps_partial_counts(tmp_path):
     import subprocess
     import sys
     import time
-    from conftest import LAUNCHER
+    from conftest import LAUNCH
     out = str(tmp_path / "run")
-    proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--pmis", "1000000",
+    proc = subprocess.Popen([*LAUNCH, "--out", out, "--pmis", "1000000",
                              "--policy", "oncpu", "--host-preset", "small"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -132,9 +132,9 @@ def test_a_process_started_by_hand_joins_the_run(tmp_path):
     import subprocess
     import sys
     import time
-    from conftest import LAUNCHER
+    from conftest import LAUNCH
     out = str(tmp_path / "run")
-    launcher = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--transport", "tcp",
+    launcher = subprocess.Popen([*LAUNCH, "--out", out, "--transport", "tcp",
                                  "--external", "host", "--pmis", "5", "--host-preset", "small"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = ""
@@ -161,12 +161,12 @@ def test_every_flag_has_a_scenario_key(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text(f'[run]\npmis = 3\npolicies = ["oncpu"]\n[host]\npreset = "small"\n'
                         f'[launch]\nout = "{out}"\nexplain_costs = true\n')
-    proc = subprocess.run([sys.executable, LAUNCHER, "--scenario", str(scenario)],
+    proc = subprocess.run([*LAUNCH, "--scenario", str(scenario)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "cost parameters" in proc.stdout and "[oncpu] one kvm_pmu_handle_event" in proc.stdout
     assert os.path.exists(out / "results.json")
     scenario.write_text('[launch]\nexternal = ["hypervisor"]\n')
-    proc = subprocess.run([sys.executable, LAUNCHER, "--scenario", str(scenario)],
+    proc = subprocess.run([*LAUNCH, "--scenario", str(scenario)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "launch.external" in proc.stderr

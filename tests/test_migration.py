@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import LAUNCHER, assert_no_process_left, launch
+from conftest import LAUNCH, assert_no_process_left, launch
 
 pytestmark = pytest.mark.timeout(300)
 COMMON = ("--pmis", "10", "--host-preset", "small", "--max-modeled-ms", "3000")
@@ -93,7 +93,7 @@ def test_overcommitted_vcpus_take_turns(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no thread affinity here")
 def test_real_affinity_is_applied_to_each_vcpu_thread(tmp_path):
     out = str(tmp_path / "run")
-    proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--pmis", "100000",
+    proc = subprocess.Popen([*LAUNCH, "--out", out, "--pmis", "100000",
                              "--policy", "oncpu", "--host-preset", "small", "--vcpus", "2",
                              "--pin", "0,5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
