@@ -8,12 +8,14 @@ invariant failed, 2 or more an error.
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
+import shlex
 import signal
-import socket as pysocket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,9 @@ from common import config, costs, logsetup, results, schema, security, transport
 from common.schema import MsgType
 from common.topology import preset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout
+RUNS = os.path.join(ROOT if os.path.exists(os.path.join(ROOT, "pyproject.toml")) else
+                    os.getcwd(), "runs")                # where runs go without --out
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
 LOG = logging.getLogger("launcher")
@@ -34,9 +38,9 @@ LOG = logging.getLogger("launcher")
 class LaunchError(Exception):
     """A failure a person must see: which process, what it was doing, the tail of its log."""
 
-    def __init__(self, message: str, lost: str | None = None):
+    def __init__(self, message: str, lost: tuple[str, ...] = ()):
         super().__init__(message)
-        self.lost = lost
+        self.lost = lost                 # processes not to ask for a partial report
 
 
 def parse_args(argv):
@@ -77,7 +81,10 @@ def parse_args(argv):
     ap.add_argument("--host-pinned", type=int,
                     help="host pinned events per pCPU competing for GP counters")
     ap.add_argument("--scenario", help="TOML scenario file (flags override it)")
-    ap.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    ap.add_argument("--out", help="run directory: a new or empty folder (default: a new folder "
+                    "under runs/)")
+    ap.add_argument("--force", action="store_true", default=None,
+                    help="--out names a folder that is not empty: make a fresh subfolder in it")
     ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
     ap.add_argument("--timeout", type=int, dest="timeout_s",
                     help="seconds one policy's run may take before it is declared stuck")
@@ -91,6 +98,9 @@ def parse_args(argv):
                     help="over tcp, do not use CurveZMQ (every process logs that it is insecure)")
     ap.add_argument("--lost-after", type=float, metavar="S",
                     help="seconds without a heartbeat after which a process is declared lost")
+    ap.add_argument("--stuck-after", type=float, metavar="S",
+                    help="seconds without progress (exits served) after which a process whose "
+                    "heartbeat still arrives is declared stuck")
     ap.add_argument("--host-addr", metavar="ADDR", help="address the host process binds (tcp)")
     ap.add_argument("--kvm-addr", metavar="ADDR", help="address the KVM process binds (tcp)")
     ap.add_argument("--bind", metavar="ADDR",
@@ -102,11 +112,11 @@ def parse_args(argv):
 def resolve_config(args) -> dict:
     """Defaults, then the scenario file, then flags; refused with file, key and reason."""
     cfg = config.merge(config.DEFAULTS, {}, "defaults")
-    if args.scenario:
-        cfg = config.merge(cfg, config.load_scenario(args.scenario), args.scenario)
+    scenario = config.load_scenario(args.scenario) if args.scenario else {}
+    cfg = config.merge(cfg, scenario, args.scenario)
     flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}, "launch": {}}
-    for key in ("out", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
-                "explain_costs"):
+    for key in ("out", "force", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
+                "stuck_after", "explain_costs"):
         if getattr(args, key) is not None:
             flags["launch"][key] = getattr(args, key)
     if args.external is not None:
@@ -143,13 +153,10 @@ def resolve_config(args) -> dict:
             raise config.ConfigError("--cost", item, "expected NAME=NS with NS a whole number")
         flags["costs"][name.strip()] = int(ns)
     cfg = config.merge(cfg, {k: v for k, v in flags.items() if v}, "command line")
+    if cfg["launch"]["explain_costs"] and "pmis" not in {**scenario.get("run", {}),
+                                                          **flags["run"]}:
+        cfg["run"]["pmis"] = 5                  # an explanation needs only a few PMIs
     return config.validate(cfg, args.scenario or "command line")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with pysocket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Child:
@@ -186,6 +193,13 @@ class Child:
                 pass
 
 
+def installed(role: str) -> list[str]:
+    """The command of a process as installed beside this interpreter (.venv/bin/vpmu-kvm), by
+    its absolute path: a command a person can paste without activating anything."""
+    script = os.path.join(os.path.dirname(sys.executable), f"vpmu-{role}")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", role]
+
+
 class Launcher:
     def __init__(self, cfg: dict, run_dir: str):
         self.cfg = cfg
@@ -193,7 +207,7 @@ class Launcher:
         self.run_dir = run_dir
         self.sock_dir = tempfile.mkdtemp(prefix="vpmu-")       # short, private (0700)
         self.interrupted = False
-        self.lost_after = opts["lost_after"]
+        self.lost_after, self.stuck_after = opts["lost_after"], opts["stuck_after"]
         self.ctx = zmq.Context()
         tcp = cfg["run"]["transport"] == "tcp"
         keys = security.generate(run_dir) if tcp and not opts["insecure_tcp"] else None
@@ -207,16 +221,20 @@ class Launcher:
         self.control_ep = transport.bind(
             self.control.sock, f"tcp://{bind_addr}:*" if tcp else f"ipc://{self.sock_dir}/control")
         host_addr, kvm_addr = opts["host_addr"] or bind_addr, opts["kvm_addr"] or bind_addr
-        listen = {"host": f"tcp://{host_addr}:{free_port(host_addr)}" if tcp else
-                  f"ipc://{self.sock_dir}/host",
-                  "kvm": f"tcp://{kvm_addr}:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
+        # over tcp each process binds a port of its own choosing and reports it (a port picked
+        # here and bound later by another process could be taken in between)
+        listen = {"host": f"tcp://{host_addr}:*" if tcp else f"ipc://{self.sock_dir}/host",
+                  "kvm": f"tcp://{kvm_addr}:*" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
         external = tuple(opts["external"])
         self.beats: dict[str, float] = {}          # name -> when its last heartbeat came
+        self.progress: dict[str, tuple[int, str, float]] = {}   # name -> steps, last, since
+        self.run_started = 0.0
         self.lost: set[str] = set()                 # processes already known dead or silent
         self.next_beat = 0.0
         self.children = {}                       # the processes this launcher starts and owns
         self.external = {}                       # name -> command to run by hand elsewhere
-        for role, name in (("host", "host"), ("kvm", "kvm-vm0"), ("guest", "guest-vm0")):
+        self.roles = {"host": "host", "kvm-vm0": "kvm", "guest-vm0": "guest"}
+        for name, role in self.roles.items():
             cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name,
                    "--lost-after", str(opts["lost_after"])]
             if role in listen:
@@ -226,7 +244,7 @@ class Launcher:
             elif tcp:
                 cmd += ["--insecure"]
             if role in external:
-                self.external[name] = [f"vpmu-{role}", *cmd]
+                self.external[name] = [*installed(role), *cmd]
             else:
                 self.children[name] = Child(role, name, [sys.executable, "-m", role, *cmd,
                                                          "--exit-with-parent"],
@@ -243,7 +261,7 @@ class Launcher:
             json.dump({n: c.proc.pid for n, c in self.children.items()}, f)
         for name, cmd in self.external.items():
             say(f"  waiting for {name}; start it (with its own --listen address where it binds "
-                f"one) as:\n    {' '.join(cmd)}")
+                f"one) as:\n    {shlex.join(cmd)}")
         waiting = set(self.members)
         while waiting:
             name, msg = self.expect(MsgType.HELLO, waiting, 600 if self.external else 20)
@@ -274,7 +292,7 @@ class Launcher:
             name = peer.decode("latin1")
             if name.endswith(".hb") and name[:-3] in self.members:
                 if msg.type == MsgType.HEARTBEAT:
-                    self.beats[name[:-3]] = time.monotonic()
+                    self.heard(name[:-3], msg.body)
                 continue
             if name not in self.members:
                 self.errors.record("unknown_peer", msg.type.value, name)
@@ -294,12 +312,19 @@ class Launcher:
     def reply_error(self, peer: bytes, kind: str, detail: str) -> None:
         self.control.send(schema.Error(kind, detail), peer, droppable=True)
 
+    def heard(self, name: str, beat: schema.Heartbeat) -> None:
+        now = time.monotonic()
+        self.beats[name] = now
+        if self.progress.get(name, (None,))[0] != beat.progress:
+            self.progress[name] = (beat.progress, beat.doing, now)
+
     def watch(self, waiting_for: MsgType) -> None:
-        """Heartbeats to every process; a process that died or went silent ends the run."""
+        """Heartbeats to every process; a process that died, went silent or, while a run is
+        under way, stopped making progress ends the run."""
         for child in self.children.values():
             if not child.alive() and child.name not in self.lost:
                 raise LaunchError(f"process died while waiting for {waiting_for.value}:\n"
-                                  + child.describe_end(), lost=child.name)
+                                  + child.describe_end(), lost=(child.name,))
         now = time.monotonic()
         for name, seen in self.beats.items():
             if now - seen > self.lost_after and name not in self.lost:
@@ -307,11 +332,30 @@ class Launcher:
                          or self.children[name].alive() else "dead")
                 raise LaunchError(f"{name} stopped answering: no heartbeat for "
                                   f"{now - seen:.1f} s (process {state}); logs are in "
-                                  f"{self.run_dir}", lost=name)
+                                  f"{self.run_dir}", lost=(name,))
+        if waiting_for == MsgType.DONE:
+            self.check_stuck(now)
         if now >= self.next_beat:
             self.next_beat = now + 0.5
             for name in self.beats:
                 self.control.send(schema.Heartbeat(0), f"{name}.hb".encode(), droppable=True)
+
+    def check_stuck(self, now: float) -> None:
+        """The processes that step on every exit (KVM and guest: one makes it, the other serves
+        it) have heartbeats that arrive but steps that have not moved for --stuck-after seconds
+        of a run: they are stuck, and their last steps say where (the exit the guest made, the
+        one KVM was serving). While either moves, the run goes on."""
+        idle = [(now - max(since, self.run_started), name, steps, doing)
+                for name, (steps, doing, since) in sorted(self.progress.items())
+                if self.roles[name] in ("kvm", "guest")]
+        if idle and min(idle)[0] > self.stuck_after:
+            raise LaunchError(
+                f"stuck: {' and '.join(n for _, n, _, _ in idle)} made no progress for "
+                f"{self.stuck_after:g} s while their heartbeats arrived (--stuck-after; raise it "
+                "if a run is only slow)\n" + "".join(
+                    f"  {name}: {steps:,} steps, the last {t:.1f} s ago: {doing}\n" if steps
+                    else f"  {name}: no step yet\n" for t, name, steps, doing in idle) + f"  logs are in {self.run_dir}",
+                lost=tuple(n for _, n, _, _ in idle))
 
     def configure(self, name: str, run: int, cfg: dict, peers: dict) -> dict:
         self.control.send(schema.Configure(run, cfg, peers), name.encode())
@@ -323,6 +367,7 @@ class Launcher:
         host_eps = self.configure("host", run, cfg, {})
         kvm_eps = self.configure("kvm-vm0", run, cfg, {"perf": host_eps["perf"]})
         self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"], "kvm": "kvm-vm0"})
+        self.run_started = time.monotonic()
         self.control.send(schema.Start(run), b"guest-vm0")
         try:
             reason = self.expect(MsgType.DONE, {"guest-vm0"},
@@ -343,11 +388,10 @@ class Launcher:
         self.control.send(schema.Finish(run), name.encode())
         return self.expect(MsgType.REPORT, {name}, timeout_s, interruptible=False)[1].body.stats
 
-    def collect_partial(self, run: int, lost: str | None) -> dict:
+    def collect_partial(self, run: int, lost: tuple[str, ...]) -> dict:
         """After a failure: what the processes still alive counted so far."""
         reports = {}
-        if lost:
-            self.lost.add(lost)
+        self.lost.update(lost)
         for name in self.members - self.lost:
             if name in self.children and not self.children[name].alive():
                 continue
@@ -392,37 +436,117 @@ def say(*args, **kwargs) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def write_atomic(path: str, data: dict) -> None:
+def write_atomic(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def new_run_dir(out: str | None) -> str:
-    path = out or os.path.join(ROOT, "runs", time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+class RunDirRefused(Exception):
+    """--out names something a run must not write into."""
+
+
+def make_private_dirs(path: str) -> None:
+    """Create ``path`` and its missing parents, each 0700 (whatever the umask); a folder that
+    already exists is never touched."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)          # ours: just made, so its mode is ours to set
+
+
+def new_run_dir(out: str, force: bool) -> str:
+    """The run directory: ``out`` if it is new or an empty folder (left as it is), a fresh
+    subfolder of a non-empty ``out`` with ``force``, else a new folder under ``runs/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    if not out:
+        path = os.path.join(RUNS, stamp)
+    elif not os.path.lexists(out):
+        path = out
+    elif not os.path.isdir(out):
+        raise RunDirRefused(f"--out {out}: exists and is not a directory")
+    elif not os.listdir(out):
+        return out
+    elif force:
+        path = os.path.join(out, f"run-{stamp}")
+    else:
+        raise RunDirRefused(f"--out {out}: exists and is not empty; name a new folder, or add "
+                            "--force to make a fresh subfolder inside it")
+    make_private_dirs(path)
     return path
 
 
-def main(argv=None) -> int:
+def replay_config(cfg: dict, derived: dict) -> str:
+    """config.toml: the resolved configuration as a scenario file, without where the run went
+    (replaying it must not write into this run) and without budgets derived from the work
+    (a replay derives them again); files it names are absolute, to replay from anywhere."""
+    launch = {k: v for k, v in cfg["launch"].items() if k not in ("out", "force")}
+    run = {k: v for k, v in cfg["run"].items() if k not in derived}
+    run["policies"] = [os.path.abspath(p) if p.endswith(".py") else p for p in run["policies"]]
+    run["guest_program"] = run["guest_program"] and os.path.abspath(run["guest_program"])
+    note = "".join(f"# run.{k} = {v} was derived from the work (see docs/operations.md)\n"
+                   for k, v in derived.items())
+    return (f"# vpmu-emu run configuration: replay with --scenario (and --out NEW_FOLDER)\n{note}"
+            + config.to_toml(dict(cfg, run=run, launch=launch)))
+
+
+def provenance(argv: list[str]) -> dict:
+    """What produced a results.json: the emulator's version and commit, when, which command."""
+    try:
+        version = importlib.metadata.version("vpmu-emu")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    commit = "unknown"
+    if os.path.exists(os.path.join(ROOT, ".git")):
+        try:
+            git = ["git", "-C", ROOT]
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10, check=True).stdout.strip()
+            if subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                              capture_output=True, text=True, timeout=10).stdout.strip():
+                commit += "-dirty"
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    return {"version": version, "commit": commit,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["vpmu-launch", *argv])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """vpmu-launch (scripts/launch): run the scenario under each policy; the exit code is one of
+    the EXIT_* codes in the module docstring."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    made_by = provenance(argv)
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
     except config.ConfigError as exc:
         print(f"launch: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        run_dir = new_run_dir(cfg["launch"]["out"], cfg["launch"]["force"])
+        write_atomic(os.path.join(run_dir, "config.toml"), replay_config(cfg, {}))
+        return launch(cfg, run_dir, made_by)
+    except RunDirRefused as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"launch: {where}{exc.strerror or exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def launch(cfg: dict, run_dir: str, made_by: dict) -> int:
+    """Start the processes, run each policy, shut down, report; the exit code."""
     explain = cfg["launch"]["explain_costs"]
-    if explain and args.pmis is None:
-        cfg["run"]["pmis"] = 5
     if explain:
         say(results.cost_table(costs.resolve(cfg["costs"])) + "\n")
-    run_dir = new_run_dir(cfg["launch"]["out"])
     logsetup.setup("launcher", run_dir)
-    write_atomic(os.path.join(run_dir, "config.json"), cfg)
     launcher = Launcher(cfg, run_dir)
 
     def on_signal(signum, frame):
@@ -430,13 +554,13 @@ def main(argv=None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    outcome = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
-               "error": None}
+    outcome = {"complete": False, "produced_by": made_by, "scenario": cfg, "run_dir": run_dir,
+               "runs": launcher.runs, "error": None}
     code = EXIT_OK
     say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
-          f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
-          f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
-          f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}")
+        f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
+        f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
+        f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}")
     try:
         launcher.start()
         for run, policy in enumerate(cfg["run"]["policies"]):
@@ -451,29 +575,29 @@ def main(argv=None) -> int:
         print(f"launch: {exc}", file=sys.stderr)
         code = EXIT_ERROR
         outcome["partial_reports"] = launcher.collect_partial(
-            len(launcher.runs), getattr(exc, "lost", None))
+            len(launcher.runs), getattr(exc, "lost", ()))
     finally:
         outcome["exit_codes"] = launcher.shutdown(outcome["error"] or "run complete",
                                                   failed=code == EXIT_ERROR)
         outcome["launcher_protocol_errors"] = dict(launcher.errors.counts)
-        write_atomic(os.path.join(run_dir, "results.json"), outcome)
+        write_atomic(os.path.join(run_dir, "results.json"), json.dumps(outcome, indent=1))
     if outcome["runs"]:
         say()
         say(results.table(outcome["runs"]))
     for r in outcome["runs"]:
         for c in r.get("guest_program", {}).get("checks", []):
             say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
-                  f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
+                f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
         shown: dict[str, int] = {}
         for v in results.failed_checks(r):
             shown[v["kind"]] = shown.get(v["kind"], 0) + 1
             if shown[v["kind"]] <= results.SHOW_PER_KIND:
                 say(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
-                      f"{v['counter']}: {v['detail']}")
+                    f"{v['counter']}: {v['detail']}")
         for kind, n in shown.items():
             if n > results.SHOW_PER_KIND:
                 say(f"  VIOLATION [{r['policy']}] {kind}: {n - results.SHOW_PER_KIND} more "
-                      "(all in results.json)")
+                    "(all in results.json)")
     if explain:
         for r in outcome["runs"]:
             say("\n" + results.breakdown(r))

@@ -15,6 +15,7 @@ import time
 import zmq
 
 from common import costs, faults, logsetup, msr, schema, transport
+from common.child import PROGRESS
 from common.costs import Ledger
 from common.stats import Samples
 from common.schema import MsgType
@@ -246,6 +247,7 @@ class VcpuThread(threading.Thread):
                 continue
             if not self.loaded:
                 self.vcpu_load(self.pcpu)
+            PROGRESS.step(f"vCPU {self.index} serving a {msg.body.reason} exit")
             entry = self.handle_exit(msg.body)
             if msg.body.reason == "done":
                 self.host.call("sched_out")           # the task leaves its pCPU to the others

@@ -71,7 +71,7 @@ def test_guest_visible_results_are_identical_across_policies(seed_run):
 def test_run_directory_and_no_process_left(seed_run):
     import os
     _, _, out = seed_run
-    for name in ("host.log", "kvm-vm0.log", "guest-vm0.log", "config.json", "results.json"):
+    for name in ("host.log", "kvm-vm0.log", "guest-vm0.log", "config.toml", "results.json"):
         assert os.path.exists(os.path.join(out, name)), name
     assert oct(os.stat(out).st_mode & 0o777) == "0o700"
     assert "READY" in open(os.path.join(out, "kvm-vm0.log")).read()
@@ -141,8 +141,11 @@ def test_a_process_started_by_hand_joins_the_run(tmp_path):
     while "--control" not in line:
         line = launcher.stdout.readline()
         assert line, launcher.stderr.read()
-    argv = line.split()[1:]
-    host = subprocess.Popen([sys.executable, "-m", "host", *argv])
+    import os
+    import shlex
+    argv = shlex.split(line)                       # the printed command, pasted as it is
+    assert os.path.isabs(argv[0]) and os.access(argv[0], os.X_OK), argv[0]
+    host = subprocess.Popen(argv)
     try:
         stdout, stderr = launcher.communicate(timeout=120)
         assert launcher.returncode == 0, stderr
