@@ -1,9 +1,15 @@
 """vpmu-emu's launcher: starts the host, KVM and guest processes, runs each policy, reports.
 
 It owns its children: each runs in its own process group with its log file in the run directory,
-its pid recorded there; shutdown is a ladder (a SHUTDOWN message, SIGTERM to the group, SIGKILL),
-and the exit code says how the run went: 0 complete with no invariant violated, 1 a check or an
-invariant failed, 2 or more an error.
+its pid recorded there; shutdown is a ladder (a SHUTDOWN message, SIGTERM to the group, SIGKILL).
+
+The exit code says how the run went, the first that applies of:
+  2  an error: bad configuration or --out, a process that died, went silent or got stuck
+  3  interrupted (Ctrl-C, SIGTERM): what was counted so far is in results.json
+  1  a guest program check or an invariant failed
+  4  incomplete: a vCPU stopped short of its target (a budget such as run.max_modeled_ms), so
+     the policies' columns hold different amounts of work; an INCOMPLETE line says which
+  0  every policy did all its work and nothing failed
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import datetime
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
 import shlex
@@ -26,12 +33,14 @@ import zmq
 from common import config, costs, logsetup, results, schema, security, transport
 from common.schema import MsgType
 from common.topology import preset
+from guest.workload import PROFILES, Workload
+from host.perf import reservation_cycle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout
 RUNS = os.path.join(ROOT if os.path.exists(os.path.join(ROOT, "pyproject.toml")) else
                     os.getcwd(), "runs")                # where runs go without --out
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 LOG = logging.getLogger("launcher")
 
 
@@ -109,8 +118,9 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def resolve_config(args) -> dict:
-    """Defaults, then the scenario file, then flags; refused with file, key and reason."""
+def resolve_config(args) -> tuple[dict, dict]:
+    """Defaults, then the scenario file, then flags; refused with file, key and reason. Also
+    the budgets derived from the work because neither the scenario nor a flag set them."""
     cfg = config.merge(config.DEFAULTS, {}, "defaults")
     scenario = config.load_scenario(args.scenario) if args.scenario else {}
     cfg = config.merge(cfg, scenario, args.scenario)
@@ -153,10 +163,58 @@ def resolve_config(args) -> dict:
             raise config.ConfigError("--cost", item, "expected NAME=NS with NS a whole number")
         flags["costs"][name.strip()] = int(ns)
     cfg = config.merge(cfg, {k: v for k, v in flags.items() if v}, "command line")
-    if cfg["launch"]["explain_costs"] and "pmis" not in {**scenario.get("run", {}),
-                                                          **flags["run"]}:
+    given = {**scenario.get("run", {}), **flags["run"]}
+    if cfg["launch"]["explain_costs"] and "pmis" not in given:
         cfg["run"]["pmis"] = 5                  # an explanation needs only a few PMIs
-    return config.validate(cfg, args.scenario or "command line")
+    cfg = config.validate(cfg, args.scenario or "command line")
+    derived = {k: v for k, v in default_budgets(cfg).items() if k not in given}
+    cfg["run"].update(derived)
+    return cfg, derived
+
+
+# Default budgets. run.max_modeled_ms and run.max_exits end a vCPU's run that goes wrong (PMIs
+# that never come); they must never end one that is only expensive, or the columns of a
+# comparison would hold different amounts of work. Unless set, they are derived from the work
+# asked for (PMIs per vCPU), each term a stated worst case:
+GUEST_SLACK = 2              # guest time: the workload's IPC varies by +-10 % per slice
+RESERVATIONS_PER_PMI = 4     # host work per PMI, in host-PMU reservation cycles (the costliest
+#                              perf work, host.perf.reservation_cycle): always re-creates the
+#                              event in KVM's handler and again for the guest handler's
+#                              reprogramming, 2 cycles per PMI in the seed; twice that
+RESERVATIONS_PER_GUEST_MS = 1   # a guest that reprograms on its tick (frequency mode, rotation,
+#                                 context switches): at most one cycle per tick (HZ 1000)
+EXITS_PER_PMI = (8, 2)       # the guest's PMI handler: 8 exits, and 2 per overflowed event
+#                              (guest/driver.py handle_irq, with the host PMI and NMI window)
+EXITS_PER_TICK = (2, 4)      # a tick that reprograms: enable/disable all, 4 per event
+EXIT_SLACK = 2               # twice all that: a host timer exit may follow any other exit
+
+
+def default_budgets(cfg: dict) -> dict:
+    """run.max_modeled_ms and run.max_exits for the work of ``cfg`` (per vCPU); none (the fixed
+    defaults stay) for a guest program or a guest whose sessions take no samples."""
+    g, topo = cfg["guest"], preset(cfg["host"]["preset"])
+    sessions = [s for s in config.guest_sessions(cfg) if s["mode"] == "record"]
+    if cfg["run"]["guest_program"] or not sessions:
+        return {}
+    # what a billion instructions retire with them, and in how much guest time
+    retired = Workload(g["workload"], None, topo.ghz).derive(10**9)   # cycles, ref cycles
+    retired.update({k: PROFILES[g["workload"]][k] * 10**9 for k in
+                    ("branches", "branch_misses", "llc_refs", "llc_misses")})
+    span_ns = retired["cycles"] / topo.ghz
+    pmi_ns = min(1e9 / s["freq"] if "freq" in s else s["period"] * span_ns / retired[s["event"]]
+                 for s in sessions)                # the fastest session's PMIs alone
+    events = len(config.guest_sessions(cfg)) + g["watchdog"]
+    multiplexed = -(-events // topo.gp_counters)
+    guest_ms = cfg["run"]["pmis"] * pmi_ns * GUEST_SLACK * multiplexed / 1e6
+    ticking = any("freq" in s for s in sessions) or multiplexed > 1 or g["context_switch_ms"]
+    cycle_ms = reservation_cycle(topo).total(costs.resolve(cfg["costs"])) / 1e6
+    host_ms = cycle_ms * (cfg["run"]["pmis"] * RESERVATIONS_PER_PMI
+                          + ticking * guest_ms * RESERVATIONS_PER_GUEST_MS)
+    exits = (cfg["run"]["pmis"] * (EXITS_PER_PMI[0] + EXITS_PER_PMI[1] * events)
+             + guest_ms / cfg["vm"]["timeslice_ms"]
+             + ticking * guest_ms * (EXITS_PER_TICK[0] + EXITS_PER_TICK[1] * events))
+    return {"max_modeled_ms": math.ceil(guest_ms + host_ms),
+            "max_exits": math.ceil(EXIT_SLACK * exits)}
 
 
 class Child:
@@ -377,9 +435,11 @@ class Launcher:
         reports = {name: self.final_report(name, run, 10)
                    for name in ("guest-vm0", "kvm-vm0", "host")}
         wall = time.monotonic() - t0
-        self.runs.append(results.build_run(policy, cfg, preset(cfg["host"]["preset"]),
-                                          reports["host"], reports["kvm-vm0"],
-                                          reports["guest-vm0"], wall, reason))
+        run_result = results.build_run(policy, cfg, preset(cfg["host"]["preset"]),
+                                       reports["host"], reports["kvm-vm0"],
+                                       reports["guest-vm0"], wall, reason)
+        run_result["incomplete"] = results.incomplete(run_result, self.cfg)
+        self.runs.append(run_result)
         if reason == "interrupted":
             raise KeyboardInterrupt
 
@@ -525,14 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     made_by = provenance(argv)
     args = parse_args(argv)
     try:
-        cfg = resolve_config(args)
+        cfg, derived = resolve_config(args)
     except config.ConfigError as exc:
         print(f"launch: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
         run_dir = new_run_dir(cfg["launch"]["out"], cfg["launch"]["force"])
-        write_atomic(os.path.join(run_dir, "config.toml"), replay_config(cfg, {}))
-        return launch(cfg, run_dir, made_by)
+        write_atomic(os.path.join(run_dir, "config.toml"), replay_config(cfg, derived))
+        return launch(cfg, derived, run_dir, made_by)
     except RunDirRefused as exc:
         print(f"launch: {exc}", file=sys.stderr)
     except OSError as exc:
@@ -541,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_ERROR
 
 
-def launch(cfg: dict, run_dir: str, made_by: dict) -> int:
+def launch(cfg: dict, derived: dict, run_dir: str, made_by: dict) -> int:
     """Start the processes, run each policy, shut down, report; the exit code."""
     explain = cfg["launch"]["explain_costs"]
     if explain:
@@ -554,8 +614,9 @@ def launch(cfg: dict, run_dir: str, made_by: dict) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    outcome = {"complete": False, "produced_by": made_by, "scenario": cfg, "run_dir": run_dir,
-               "runs": launcher.runs, "error": None}
+    outcome = {"complete": False, "produced_by": made_by, "scenario": cfg,
+               "derived_budgets": derived, "run_dir": run_dir, "runs": launcher.runs,
+               "error": None}
     code = EXIT_OK
     say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
         f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
@@ -584,6 +645,9 @@ def launch(cfg: dict, run_dir: str, made_by: dict) -> int:
     if outcome["runs"]:
         say()
         say(results.table(outcome["runs"]))
+    short = [r["incomplete"] for r in outcome["runs"] if r["incomplete"]]
+    for line in short:
+        say(f"  {line}")
     for r in outcome["runs"]:
         for c in r.get("guest_program", {}).get("checks", []):
             say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
@@ -608,6 +672,8 @@ def launch(cfg: dict, run_dir: str, made_by: dict) -> int:
         code = EXIT_ERROR
     if code == EXIT_OK and any(results.failed_checks(r) for r in outcome["runs"]):
         code = EXIT_CHECK_FAILED
+    if code == EXIT_OK and short:
+        code = EXIT_INCOMPLETE
     say(f"\nresults: {os.path.join(run_dir, 'results.json')}")
     return code
 

@@ -7,6 +7,12 @@ from common.stats import summary
 
 ALWAYS_VIOLATION_OK = ("counter_unavailable",)
 SHOW_PER_KIND = 5
+TARGETS = ("pmis", "program_done")          # how a vCPU's run ends when it did all its work
+OWN_LINES = ("program_error", "interrupted")   # ends that are reported (and exit) otherwise
+BUDGETS = {"max_modeled_ms": ("ms of modeled time", "--max-modeled-ms"),
+           "max_exits": ("exits", "--max-exits")}
+SHORT = {"error": "a vCPU failed (its process's log says why)",
+         "stopped": "the launcher stopped it"}
 
 
 def add_counts(dicts) -> dict:
@@ -78,6 +84,19 @@ def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
         **({"guest_program": program_result(gv)} if cfg["run"]["guest_program"] else {}),
         "wall_s": round(wall_s, 3),
     }
+
+
+def incomplete(run: dict, cfg: dict) -> str | None:
+    """One line when a vCPU of ``run`` stopped short of its target (a budget, a failure): its
+    column then holds less work than the others. None when every vCPU did all its work."""
+    short = sorted(set(run["stop_reason"].split(",")) - {*TARGETS, *OWN_LINES})
+    if not short:
+        return None
+    done = (f"{run['exits']['total']:,} exits made" if cfg["run"]["guest_program"] else
+            f"{run['pmis']['handled']:,} of {cfg['run']['pmis'] * run['vcpus']:,} PMIs handled")
+    why = "; ".join(f"run.{r} = {cfg['run'][r]:,} {BUDGETS[r][0]} per vCPU reached (raise it "
+                    f"with {BUDGETS[r][1]})" if r in BUDGETS else SHORT.get(r, r) for r in short)
+    return f"INCOMPLETE [{run['policy']}] stopped before its target, {done}: {why}"
 
 
 def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:

@@ -470,3 +470,16 @@ class HostPerf:
         self.sched_count -= 1
         if self.sched_count == 0 and self.key_enabled:
             self.key_disable_at = self.now_ns + STATIC_KEY_DISABLE_DELAY_NS
+
+
+def reservation_cycle(topo: Topology) -> Ledger:
+    """What the costliest perf work one call can set off charges on ``topo``: the first kernel
+    counter on an idle host PMU and its release (x86_reserve_hardware and x86_release_hardware
+    across pmc_refcount 0 -> 1 -> 0, and the perf_sched_events static key's enable). The
+    launcher derives its default modeled-time budget from it."""
+    perf = HostPerf(topo, watchdog=False)
+    ledger = Ledger()
+    perf._reserve_hardware(ledger)
+    perf._account_event(ledger)
+    perf._release_hardware(ledger)
+    return ledger

@@ -56,6 +56,7 @@ def test_saved_configuration_replays_the_same_counts(tmp_path):
     assert not os.path.exists(os.path.join(out, "config.json"))
     replay = tomllib.load(open(saved, "rb"))
     assert "out" not in replay["launch"] and replay["guest"]["context_switch_ms"] == 3
+    assert "max_exits" not in replay["run"]            # derived from the work: derived again
     proc, again, _ = launch(tmp_path / "b", "--scenario", saved)
     assert proc.returncode == 0, proc.stderr
 
@@ -76,6 +77,45 @@ def test_results_say_what_produced_them(tmp_path):
     assert abs((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()) < 300
     assert made["command"].startswith("vpmu-launch --out ") and "--host-preset small" in \
         made["command"]
+
+
+# --- budgets: a comparison never compares different amounts of work ------------------------------
+
+def test_default_budgets_hold_every_policys_work(seed_run):
+    """The budgets derived for --pmis 1000 hold 1000 PMIs at what each policy spent per PMI in
+    the seed run (30 PMIs, one-time costs included); a 1000-PMI run takes a minute (measured in
+    docs/operations.md), too long for the suite."""
+    cfg, derived = launcher.resolve_config(launcher.parse_args(["--pmis", "1000"]))
+    assert derived == {k: cfg["run"][k] for k in ("max_modeled_ms", "max_exits")}
+    for run in seed_run[1]["runs"]:
+        assert run["stop_reason"] == "pmis" and run["incomplete"] is None
+        pmis = run["pmis"]["handled"]
+        assert 1000 * run["modeled_total_ns"] / pmis < derived["max_modeled_ms"] * 1e6
+        assert 1000 * run["exits"]["total"] / pmis < derived["max_exits"]
+
+
+def test_budgets_set_by_hand_or_for_a_guest_program_are_not_derived(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("[run]\nmax_exits = 777\n")
+    cfg, derived = launcher.resolve_config(launcher.parse_args(
+        ["--scenario", str(scenario), "--max-modeled-ms", "5"]))
+    assert derived == {} and (cfg["run"]["max_exits"], cfg["run"]["max_modeled_ms"]) == (777, 5)
+    program = os.path.join(ROOT, "tests", "migrate_program.py")
+    cfg, derived = launcher.resolve_config(launcher.parse_args(["--guest-program", program]))
+    assert derived == {} and cfg["run"]["max_exits"] == config.DEFAULTS["run"]["max_exits"]
+
+
+def test_a_run_a_budget_stopped_says_so_on_its_own_line_and_exits_4(tmp_path):
+    proc, results, _ = launch(tmp_path, "--policy", "always,reuse", "--pmis", "30",
+                              "--max-modeled-ms", "1000")
+    assert proc.returncode == launcher.EXIT_INCOMPLETE, proc.stdout + proc.stderr
+    always, reuse = results["runs"]
+    assert always["stop_reason"] == "max_modeled_ms" and reuse["stop_reason"] == "pmis"
+    line = next(x for x in proc.stdout.splitlines() if "INCOMPLETE" in x).strip()
+    assert line == always["incomplete"] and reuse["incomplete"] is None
+    handled = always["pmis"]["handled"]
+    assert 0 < handled < 30 and f"{handled} of 30 PMIs handled" in line
+    assert "run.max_modeled_ms = 1,000 ms" in line and "--max-modeled-ms" in line
 
 
 # --- run directories --------------------------------------------------------------------------------
@@ -178,8 +218,8 @@ def test_a_process_that_beats_but_makes_no_progress_is_stuck(tmp_path, fault):
 
 
 def test_every_process_binds_its_own_tcp_port(tmp_path):
-    cfg = launcher.resolve_config(launcher.parse_args(["--transport", "tcp",
-                                                       "--insecure-tcp"]))
+    cfg, _ = launcher.resolve_config(launcher.parse_args(["--transport", "tcp",
+                                                          "--insecure-tcp"]))
     run = launcher.Launcher(cfg, str(tmp_path))
     try:
         listen = {name: child.cmd[child.cmd.index("--listen") + 1]
