@@ -94,6 +94,17 @@ def test_default_budgets_hold_every_policys_work(seed_run):
         assert 1000 * run["exits"]["total"] / pmis < derived["max_exits"]
 
 
+def test_a_one_time_cost_is_shown_apart_from_the_steady_state(seed_run):
+    """deferred creates its event in kvm_pmu_handle_event, on the host PMU's first reservation;
+    every later call is a few hundred ns."""
+    proc, results, _ = seed_run
+    deferred = next(r for r in results["runs"] if r["policy"] == "deferred")["handle_event"]
+    modeled = deferred["modeled_ns"]
+    assert modeled["first"] == modeled["max"] > 1e6 > 100 * modeled["steady"]["max"]
+    assert modeled["steady"]["mean"] <= modeled["steady"]["p99"] < modeled["mean"]
+    assert "first / steady mean" in proc.stdout and "p50 / p99 / max" in proc.stdout
+
+
 def test_budgets_set_by_hand_or_for_a_guest_program_are_not_derived(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text("[run]\nmax_exits = 777\n")
