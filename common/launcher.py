@@ -578,6 +578,28 @@ def provenance(argv: list[str]) -> dict:
             "command": shlex.join(["vpmu-launch", *argv])}
 
 
+def banner(cfg: dict, derived: dict, run_dir: str) -> str:
+    """What runs: the host, the VM, what the guest does and until when, where the run goes."""
+    run, g = cfg["run"], cfg["guest"]
+    if run["guest_program"]:
+        guest = f"guest program {os.path.basename(run['guest_program'])} on every vCPU"
+    else:
+        sessions = config.guest_sessions(cfg)
+        record = [f"perf record -e {s['event']} " + (f"-F {s['freq']:,}" if "freq" in s else
+                                                     f"-c {s['period']:,}")
+                  for s in sessions if s["mode"] == "record"]
+        stat = [s["event"] for s in sessions if s["mode"] == "stat"]
+        guest = "guest runs " + ", ".join(record + ([f"perf stat -e {','.join(stat)}"] if stat
+                                                    else [])
+                                          + (["the NMI watchdog"] if g["watchdog"] else []))
+        guest += f", {run['pmis']:,} PMIs per vCPU"
+    budgets = (f"budgets per vCPU {run['max_modeled_ms']:,} ms modeled, {run['max_exits']:,} "
+               f"exits{' (derived from the work)' if derived else ''}")
+    return (f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
+            f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); "
+            f"{guest}; {budgets}; run directory {run_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """vpmu-launch (scripts/launch): run the scenario under each policy; the exit code is one of
     the EXIT_* codes in the module docstring."""
@@ -618,10 +640,7 @@ def launch(cfg: dict, derived: dict, run_dir: str, made_by: dict) -> int:
                "derived_budgets": derived, "run_dir": run_dir, "runs": launcher.runs,
                "error": None}
     code = EXIT_OK
-    say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
-        f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
-        f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
-        f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}")
+    say(banner(cfg, derived, run_dir))
     try:
         launcher.start()
         for run, policy in enumerate(cfg["run"]["policies"]):
@@ -649,19 +668,8 @@ def launch(cfg: dict, derived: dict, run_dir: str, made_by: dict) -> int:
     for line in short:
         say(f"  {line}")
     for r in outcome["runs"]:
-        for c in r.get("guest_program", {}).get("checks", []):
-            say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
-                f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
-        shown: dict[str, int] = {}
-        for v in results.failed_checks(r):
-            shown[v["kind"]] = shown.get(v["kind"], 0) + 1
-            if shown[v["kind"]] <= results.SHOW_PER_KIND:
-                say(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
-                    f"{v['counter']}: {v['detail']}")
-        for kind, n in shown.items():
-            if n > results.SHOW_PER_KIND:
-                say(f"  VIOLATION [{r['policy']}] {kind}: {n - results.SHOW_PER_KIND} more "
-                    "(all in results.json)")
+        for line in results.check_lines(r):
+            say(f"  {line}")
     if explain:
         for r in outcome["runs"]:
             say("\n" + results.breakdown(r))

@@ -145,6 +145,25 @@ def failed_checks(run: dict) -> list[dict]:
     return bad
 
 
+def check_lines(run: dict) -> list[str]:
+    """A guest program's PASS and FAIL lines, then the VIOLATION lines (a few of each kind)."""
+    def where(x):                     # what a line applies to, where it applies to something
+        return "".join(f" {k} {x[k]}" for k in ("vcpu", "counter") if x.get(k) is not None)
+
+    policy = run["policy"]
+    lines = [f"{'PASS' if c['passed'] else 'FAIL'} [{policy}]{where(c)} {c['name']}"
+             + (f": {c['detail']}" if c["detail"] else "")
+             for c in run.get("guest_program", {}).get("checks", [])]
+    shown: collections.Counter = collections.Counter()
+    for v in failed_checks(run):
+        shown[v["kind"]] += 1
+        if shown[v["kind"]] <= SHOW_PER_KIND:
+            lines.append(f"VIOLATION [{policy}] {v['kind']}{where(v)}: {v['detail']}")
+    lines += [f"VIOLATION [{policy}] {kind}: {n - SHOW_PER_KIND} more (all in results.json)"
+              for kind, n in shown.items() if n > SHOW_PER_KIND]
+    return lines
+
+
 def cost_table(values: dict[str, int]) -> str:
     """The cost parameters of the run, with their reasons."""
     from common.costs import PARAMS

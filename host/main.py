@@ -37,6 +37,7 @@ class HostServer:
     def configure(self, cfg: dict) -> None:
         host = cfg["host"]
         self.topo = preset(host["preset"])
+        self.policy = cfg["policy"]
         self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"],
                              tuple(host["busy_pcpus"]), host["event_binding"])
         self.waiting: dict[int, list] = collections.defaultdict(list)   # pCPU run queues
@@ -155,8 +156,13 @@ def main(argv=None) -> int:
                 svc.send(schema.Ready(msg.body.run, {"perf": endpoint}))
             elif msg.type == MsgType.FINISH:
                 report = server.report()
-                log.info("run %d summary: %s", msg.body.run, {k: report[k] for k in (
-                    "refcount_crossings", "overflows_to_owner", "static_key")})
+                log.info("run %d summary (policy %s): host PMU reserved %d and released %d "
+                         "times, static key enabled %d and disabled %d times, %d overflows "
+                         "(%d to their owner)", msg.body.run, server.policy,
+                         report["refcount_crossings"]["reserve"],
+                         report["refcount_crossings"]["release"],
+                         report["static_key"]["enable"], report["static_key"]["disable"],
+                         report["overflows"], report["overflows_to_owner"])
                 svc.send(schema.Report(msg.body.run, report))
 
         return svc.serve(on_control, chan.sock, server.handle)

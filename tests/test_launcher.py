@@ -13,7 +13,7 @@ import tomllib
 
 import pytest
 
-from common import config, launcher
+from common import config, launcher, results
 from conftest import LAUNCH, ROOT, assert_no_process_left, launch
 
 QUICK = ("--policy", "oncpu", "--pmis", "2", "--host-preset", "small")
@@ -199,6 +199,54 @@ def test_an_empty_folder_is_used_as_it_is_and_force_makes_a_subfolder(tmp_path):
     assert {p: v for p, v in snapshot(folder).items() if p in before and p != str(folder)} == \
         {p: v for p, v in before.items() if p != str(folder)}
     assert oct(folder.stat().st_mode & 0o777) == "0o755"
+
+
+# --- what a run prints ----------------------------------------------------------------------------
+
+def test_the_banner_describes_what_runs():
+    def banner(*argv):
+        cfg, derived = launcher.resolve_config(launcher.parse_args(list(argv)))
+        return launcher.banner(cfg, derived, "RUN")
+    seed = banner()
+    assert "guest runs perf record -e instructions -c 10,000,000, 200 PMIs per vCPU" in seed
+    assert "(derived from the work)" in seed and seed.endswith("run directory RUN")
+    multi = banner("--scenario", os.path.join(ROOT, "scenarios", "multi.toml"))
+    assert ("perf record -e cycles -F 1,000, perf record -e instructions -c 5,000,000, perf stat "
+            "-e branches,branch_misses,llc_refs,llc_misses,ref_cycles,instructions, the NMI "
+            "watchdog, 60 PMIs per vCPU") in multi
+    program = banner("--guest-program", os.path.join(ROOT, "guest", "programs",
+                                                     "exact_count.py"))
+    assert "guest program exact_count.py on every vCPU" in program
+    assert "perf record" not in program and "derived" not in program
+
+
+def test_check_lines_name_only_what_applies():
+    run = {"policy": "oncpu", "invariants": {"violations": [
+               {"kind": "missing_pmi", "vcpu": 1, "counter": 0, "detail": "late"}]},
+           "guest_program": {"checks": [{"vcpu": 0, "name": "exact", "passed": True,
+                                         "detail": ""}], "error": "vcpu 0: ValueError: boom"}}
+    assert results.check_lines(run) == [
+        "PASS [oncpu] vcpu 0 exact",
+        "VIOLATION [oncpu] missing_pmi vcpu 1 counter 0: late",
+        "VIOLATION [oncpu] program_error: vcpu 0: ValueError: boom"]
+
+
+def test_host_log_names_the_run_and_policy_in_one_summary_line(seed_run):
+    log = open(os.path.join(seed_run[2], "host.log")).read()
+    lines = re.findall(r"run (\d) summary \(policy (\w+)\): host PMU reserved \d+ and released "
+                       r"\d+ times, static key enabled \d+ and disabled \d+ times, \d+ overflows",
+                       log)
+    assert lines == [("0", "always"), ("1", "oncpu"), ("2", "reuse"), ("3", "deferred")]
+    assert "summary: {" not in log
+
+
+def test_bench_floor_leaves_nothing_behind(tmp_path):
+    for transport in ("ipc", "tcp"):
+        proc = subprocess.run([LAUNCH[0], os.path.join(ROOT, "scripts", "bench_floor.py"),
+                               transport], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, TMPDIR=str(tmp_path)))
+        assert proc.returncode == 0 and "transport floor" in proc.stdout, proc.stderr
+    assert os.listdir(tmp_path) == []
 
 
 # --- processes: progress and ports ------------------------------------------------------------------
