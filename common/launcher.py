@@ -206,7 +206,7 @@ def default_budgets(cfg: dict) -> dict:
     events = len(config.guest_sessions(cfg)) + g["watchdog"]
     multiplexed = -(-events // topo.gp_counters)
     guest_ms = cfg["run"]["pmis"] * pmi_ns * GUEST_SLACK * multiplexed / 1e6
-    ticking = any("freq" in s for s in sessions) or multiplexed > 1 or g["context_switch_ms"]
+    ticking = any("freq" in s for s in sessions) or multiplexed > 1 or g["context_switch_ms"] > 0
     cycle_ms = reservation_cycle(topo).total(costs.resolve(cfg["costs"])) / 1e6
     host_ms = cycle_ms * (cfg["run"]["pmis"] * RESERVATIONS_PER_PMI
                           + ticking * guest_ms * RESERVATIONS_PER_GUEST_MS)
@@ -406,14 +406,14 @@ class Launcher:
         idle = [(now - max(since, self.run_started), name, steps, doing)
                 for name, (steps, doing, since) in sorted(self.progress.items())
                 if self.roles[name] in ("kvm", "guest")]
-        if idle and min(idle)[0] > self.stuck_after:
-            raise LaunchError(
-                f"stuck: {' and '.join(n for _, n, _, _ in idle)} made no progress for "
-                f"{self.stuck_after:g} s while their heartbeats arrived (--stuck-after; raise it "
-                "if a run is only slow)\n" + "".join(
-                    f"  {name}: {steps:,} steps, the last {t:.1f} s ago: {doing}\n" if steps
-                    else f"  {name}: no step yet\n" for t, name, steps, doing in idle) + f"  logs are in {self.run_dir}",
-                lost=tuple(n for _, n, _, _ in idle))
+        if not idle or min(idle)[0] <= self.stuck_after:
+            return
+        steps = "".join(f"  {name}: {n:,} steps, the last {t:.1f} s ago: {doing}\n" if n else
+                        f"  {name}: no step yet\n" for t, name, n, doing in idle)
+        raise LaunchError(f"stuck: {' and '.join(n for _, n, _, _ in idle)} made no progress "
+                          f"for {self.stuck_after:g} s while their heartbeats arrived "
+                          f"(--stuck-after; raise it if a run is only slow)\n{steps}"
+                          f"  logs are in {self.run_dir}", lost=tuple(n for _, n, _, _ in idle))
 
     def configure(self, name: str, run: int, cfg: dict, peers: dict) -> dict:
         self.control.send(schema.Configure(run, cfg, peers), name.encode())
@@ -512,7 +512,7 @@ class RunDirRefused(Exception):
 def make_private_dirs(path: str) -> None:
     """Create ``path`` and its missing parents, each 0700 (whatever the umask); a folder that
     already exists is never touched."""
-    missing = []
+    missing, path = [], os.path.abspath(path)
     while not os.path.lexists(path):
         missing.append(path)
         path = os.path.dirname(path)

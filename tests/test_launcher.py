@@ -129,7 +129,7 @@ def test_a_run_a_budget_stopped_says_so_on_its_own_line_and_exits_4(tmp_path):
     assert "run.max_modeled_ms = 1,000 ms" in line and "--max-modeled-ms" in line
 
 
-# --- run directories --------------------------------------------------------------------------------
+# --- run directories ---------------------------------------------------------------------------
 
 def test_a_non_empty_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
     folder = tmp_path / "mine"
@@ -173,9 +173,10 @@ def test_a_read_only_file_system_is_one_line(tmp_path):
     assert os.listdir(ro) == []
 
 
-def test_folders_it_makes_are_private_and_existing_ones_keep_their_mode(tmp_path):
+def test_folders_it_makes_are_private_and_existing_ones_keep_their_mode(tmp_path, monkeypatch):
     os.chmod(tmp_path, 0o755)
-    launcher.make_private_dirs(str(tmp_path / "a" / "b"))
+    monkeypatch.chdir(tmp_path)
+    launcher.make_private_dirs(os.path.join("a", "b"))      # relative to the current folder
     assert [oct(os.stat(p).st_mode & 0o777) for p in (tmp_path, tmp_path / "a",
                                                        tmp_path / "a" / "b")] == \
         ["0o755", "0o700", "0o700"]
@@ -249,7 +250,7 @@ def test_bench_floor_leaves_nothing_behind(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-# --- processes: progress and ports ------------------------------------------------------------------
+# --- processes: progress and ports -----------------------------------------------------------
 
 def test_progress_moves_in_a_healthy_run(tmp_path):
     proc, results, _ = launch(tmp_path, "--policy", "oncpu", "--pmis", "40", "--host-preset",
