@@ -1,12 +1,15 @@
 """Run configuration: defaults, a TOML scenario file over them, command-line flags over that.
 
 The resolved configuration is a plain dict of sections; the launcher writes it into the run
-directory so that a run can be repeated, and sends each process the part it needs.
+directory as a scenario file (``to_toml``) so that a run can be repeated, and sends each process
+the part it needs.
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import tomllib
 
 from common import costs, kernels, msr
@@ -28,8 +31,9 @@ DEFAULTS: dict = {
               "sessions": [], "watchdog": False, "context_switch_ms": 0},
     "costs": {},
     # how this launch is deployed rather than what it emulates (flags of the same names)
-    "launch": {"out": "", "external": [], "bind": "127.0.0.1", "host_addr": "", "kvm_addr": "",
-               "insecure_tcp": False, "lost_after": 2.0, "explain_costs": False},
+    "launch": {"out": "", "force": False, "external": [], "bind": "127.0.0.1", "host_addr": "",
+               "kvm_addr": "", "insecure_tcp": False, "lost_after": 2.0, "stuck_after": 5.0,
+               "explain_costs": False},
 }
 
 POLICIES = ("always", "oncpu", "reuse", "deferred")
@@ -170,10 +174,11 @@ def validate(cfg: dict, where: str) -> dict:
         "must be a list of roles among host, kvm, guest")
     for key in ("out", "bind", "host_addr", "kvm_addr"):
         _check(isinstance(launch[key], str), where, f"launch.{key}", "must be a string")
-    for key in ("insecure_tcp", "explain_costs"):
+    for key in ("insecure_tcp", "explain_costs", "force"):
         _check(type(launch[key]) is bool, where, f"launch.{key}", "must be true or false")
-    _check(type(launch["lost_after"]) in (int, float) and launch["lost_after"] > 0, where,
-           "launch.lost_after", "must be a number of seconds > 0")
+    for key in ("lost_after", "stuck_after"):
+        _check(type(launch[key]) in (int, float) and launch[key] > 0, where, f"launch.{key}",
+               "must be a number of seconds > 0")
     prog = run["guest_program"]
     _check(isinstance(prog, str) and (not prog or os.path.isfile(prog)), where,
            "run.guest_program", f"no such file {prog!r}")
@@ -200,3 +205,44 @@ def vcpu_pins(cfg: dict) -> list[int]:
         return list(range(n))
     topo = PRESETS[cfg["host"]["preset"]]
     return [((i % topo.sockets) * topo.cores + i // topo.sockets) % topo.ncpus for i in range(n)]
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def to_toml(cfg: dict) -> str:
+    """A scenario file for ``cfg`` (sections of plain values: str, bool, int, float, lists and
+    tables of them), which ``load_scenario`` reads back to the same dict."""
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{_toml_key(section)}]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
+
+
+def _toml_str(s: str) -> str:
+    special = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(special.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f"
+                                            else c) for c in s) + '"'
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else
+                                                 "inf" if v > 0 else "-inf")
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"{type(v).__name__} has no TOML form here")

@@ -114,7 +114,8 @@ class Shutdown:
 
 @dataclasses.dataclass
 class Heartbeat:
-    progress: int
+    progress: int                  # steps done so far (exits served or made); only grows
+    doing: str = ""                # the last step, for a person reading why a process is stuck
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ import numbers
 from fractions import Fraction
 
 from common import filters, msr, schema, transport
+from common.child import PROGRESS
 from common.schema import MsgType
 from guest.oracle import Oracle
 from guest.workload import Workload
@@ -66,6 +67,7 @@ class GuestCpu:
     # --- the exit itself ------------------------------------------------------------------------
 
     def _exit(self, reason: str, index: int = 0, value: int = 0) -> schema.Entry:
+        PROGRESS.step(f"vCPU {self.index} making a {reason} exit")
         self.chan.send(schema.Exit(reason, index, value, dict(self.unsent), self.in_nmi,
                                    self.unsent_stretches))
         self.unsent.clear()

@@ -8,7 +8,7 @@ import threading
 
 import zmq
 
-from common import config, logsetup, schema, service, transport
+from common import config, logsetup, schema, child, transport
 from common.schema import MsgType
 from common.topology import preset
 from guest import program
@@ -145,7 +145,7 @@ class GuestVcpu(threading.Thread):
 
 
 class Guest:
-    def __init__(self, svc: service.Service, done: zmq.Socket):
+    def __init__(self, svc: child.Process, done: zmq.Socket):
         self.svc = svc
         self.done = done
         self.threads: list[GuestVcpu] = []
@@ -183,8 +183,8 @@ class Guest:
 
 
 def main(argv=None) -> int:
-    args = service.arg_parser("guest").parse_args(argv)
-    svc = service.Service("guest", args)
+    args = child.arg_parser("guest").parse_args(argv)
+    svc = child.Process("guest", args)
     done = svc.ctx.socket(zmq.PULL)
     done.setsockopt(zmq.LINGER, 0)
     done.bind(DONE_EP)

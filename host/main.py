@@ -7,7 +7,7 @@ import sys
 
 import zmq
 
-from common import costs, msr, schema, service, transport
+from common import costs, msr, schema, child, transport
 from common.costs import Ledger
 from common.schema import MsgType
 from common.stats import Samples
@@ -38,6 +38,7 @@ class HostServer:
     def configure(self, cfg: dict) -> None:
         host = cfg["host"]
         self.topo = preset(host["preset"])
+        self.policy = cfg["policy"]
         self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"],
                              tuple(host["busy_pcpus"]), host["event_binding"], host["kernel"],
                              host["x2apic"])
@@ -145,8 +146,8 @@ class HostServer:
 
 
 def main(argv=None) -> int:
-    args = service.arg_parser("host").parse_args(argv)
-    svc = service.Service("host", args)
+    args = child.arg_parser("host").parse_args(argv)
+    svc = child.Process("host", args)
     chan = transport.Channel(transport.socket(svc.ctx, zmq.ROUTER))
     server = HostServer(chan, svc.errors)
     try:
@@ -160,8 +161,13 @@ def main(argv=None) -> int:
                 svc.send(schema.Ready(msg.body.run, {"perf": endpoint}))
             elif msg.type == MsgType.FINISH:
                 report = server.report()
-                log.info("run %d summary: %s", msg.body.run, {k: report[k] for k in (
-                    "refcount_crossings", "overflows_to_owner", "static_key")})
+                log.info("run %d summary (policy %s): host PMU reserved %d and released %d "
+                         "times, static key enabled %d and disabled %d times, %d overflows "
+                         "(%d to their owner)", msg.body.run, server.policy,
+                         report["refcount_crossings"]["reserve"],
+                         report["refcount_crossings"]["release"],
+                         report["static_key"]["enable"], report["static_key"]["disable"],
+                         report["overflows"], report["overflows_to_owner"])
                 svc.send(schema.Report(msg.body.run, report))
 
         return svc.serve(on_control, chan.sock, server.handle)

@@ -420,3 +420,17 @@ class HostPerf:
             self.stats["refcount_crossings"]["release"] += 1
             ledger.charge("locked_rmw", 2 * self.topo.gp_counters)
             self.debug_store.release(cpu, ledger)
+
+
+def reservation_cycle(topo: Topology, kernel: str = kernels.DEFAULT,
+                      x2apic: str = "cluster") -> Ledger:
+    """What the costliest perf work one call can set off charges on ``topo``: the first kernel
+    counter on an idle host PMU and its release (x86_reserve_hardware and x86_release_hardware
+    across pmc_refcount 0 -> 1 -> 0, and the perf_sched_events static key's enable). The
+    launcher derives its default modeled-time budget from it."""
+    perf = HostPerf(topo, watchdog=False, kernel=kernel, x2apic=x2apic)
+    ledger = Ledger()
+    perf._reserve_hardware(0, ledger)
+    perf.sched_key.account(0, ledger)
+    perf._release_hardware(0, ledger)
+    return ledger

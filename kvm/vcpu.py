@@ -15,6 +15,7 @@ import time
 import zmq
 
 from common import costs, faults, logsetup, msr, schema, transport
+from common.child import PROGRESS
 from common.costs import Ledger
 from common.stats import Samples
 from common.schema import MsgType
@@ -251,6 +252,7 @@ class VcpuThread(threading.Thread):
                 continue
             if not self.loaded:
                 self.vcpu_load(self.pcpu)
+            PROGRESS.step(f"vCPU {self.index} serving a {msg.body.reason} exit")
             entry = self.handle_exit(msg.body)
             if msg.body.reason == "done":
                 self.host.call("sched_out")           # the task leaves its pCPU to the others
@@ -379,16 +381,18 @@ class VcpuThread(threading.Thread):
         guest.send(entry, peer)
 
     def timed_handle_event(self) -> None:
-        before = Ledger(self.ledger)
+        before, creates = Ledger(self.ledger), self.host.calls["create"]
         t0 = time.perf_counter_ns()
         self.ledger.charge("clock_read")       # the timed window holds one clock read
         self.pmu.handle_event()
-        self.he_measured.add(time.perf_counter_ns() - t0)
+        elapsed = time.perf_counter_ns() - t0
+        once = creates == 0 < self.host.calls["create"]     # made the vCPU's first perf event
+        self.he_measured.add(elapsed, once)
         spent = Ledger(self.ledger)
         spent.subtract(before)
         spent = Ledger({k: v for k, v in spent.items() if v})
         self.he_ledger.update(spent)
-        self.he_modeled.add(spent.total(self.params))
+        self.he_modeled.add(spent.total(self.params), once)
         self.sync_clock()
 
     # --- report -----------------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def test_a_program_that_only_retires_ends_by_its_exit_budget(tmp_path):
                                 "--host-preset", "small", "--max-exits", "20",
                                 "--lost-after", "10", timeout=120)
     assert time.monotonic() - t0 < 90
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 4, proc.stdout + proc.stderr     # a budget, not its own end
+    assert "INCOMPLETE [oncpu]" in proc.stdout and "--max-exits" in proc.stdout
     assert results["complete"] and results["error"] is None
     assert set(results["exit_codes"].values()) == {0}
     run = results["runs"][0]

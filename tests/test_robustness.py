@@ -13,7 +13,7 @@ import zmq
 import zmq.auth
 
 from common import schema
-from conftest import LAUNCHER, assert_no_process_left, launch
+from conftest import LAUNCH, assert_no_process_left, launch
 from fuzz import CLASSES
 
 pytestmark = pytest.mark.timeout(300)
@@ -21,7 +21,7 @@ PER_CLASS = 500
 
 
 def start(out, *args, env=None):
-    proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, *args],
+    proc = subprocess.Popen([*LAUNCH, "--out", out, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, **(env or {})))
     deadline = time.monotonic() + 30

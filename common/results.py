@@ -9,6 +9,12 @@ from common.topology import preset
 
 ALWAYS_VIOLATION_OK = ("counter_unavailable",)
 SHOW_PER_KIND = 5
+TARGETS = ("pmis", "program_done")          # how a vCPU's run ends when it did all its work
+OWN_LINES = ("program_error", "interrupted")   # ends that are reported (and exit) otherwise
+BUDGETS = {"max_modeled_ms": ("ms of modeled time", "--max-modeled-ms"),
+           "max_exits": ("exits", "--max-exits")}
+SHORT = {"error": "a vCPU failed (its process's log says why)",
+         "stopped": "the launcher stopped it"}
 
 
 def add_counts(dicts) -> dict:
@@ -104,6 +110,19 @@ def with_band(parts: list[dict], counts: dict, low: dict, high: dict,
     return dict(out, band=[lo + extra, hi + extra])
 
 
+def incomplete(run: dict, cfg: dict) -> str | None:
+    """One line when a vCPU of ``run`` stopped short of its target (a budget, a failure): its
+    column then holds less work than the others. None when every vCPU did all its work."""
+    short = sorted(set(run["stop_reason"].split(",")) - {*TARGETS, *OWN_LINES})
+    if not short:
+        return None
+    done = (f"{run['exits']['total']:,} exits made" if cfg["run"]["guest_program"] else
+            f"{run['pmis']['handled']:,} of {cfg['run']['pmis'] * run['vcpus']:,} PMIs handled")
+    why = "; ".join(f"run.{r} = {cfg['run'][r]:,} {BUDGETS[r][0]} per vCPU reached (raise it "
+                    f"with {BUDGETS[r][1]})" if r in BUDGETS else SHORT.get(r, r) for r in short)
+    return f"INCOMPLETE [{run['policy']}] stopped before its target, {done}: {why}"
+
+
 def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:
     """The oracle's violations, with those the host explains relabelled ``counter_unavailable``.
 
@@ -152,6 +171,28 @@ def failed_checks(run: dict) -> list[dict]:
             bad.append({"kind": "program_error", "vcpu": None, "counter": None,
                         "detail": prog["error"]})
     return bad
+
+
+def check_lines(run: dict) -> list[str]:
+    """A guest program's PASS and FAIL lines, then the VIOLATION lines (a few of each kind)."""
+    def where(x):                     # what a line applies to, where it applies to something
+        return "".join(f" {k} {x[k]}" for k in ("vcpu", "counter") if x.get(k) is not None)
+
+    policy = run["policy"]
+    lines = [f"{'PASS' if c['passed'] else 'FAIL'} [{policy}]{where(c)} {c['name']}"
+             + (f": {c['detail']}" if c["detail"] else "")
+             for c in run.get("guest_program", {}).get("checks", [])]
+    lines += [f"FAIL [{policy}]{where(e)} main raised {e['error']}"
+              + "".join(f"\n      {frame}" for frame in e["traceback"])
+              for e in run.get("guest_program", {}).get("errors", [])]
+    shown: collections.Counter = collections.Counter()
+    for v in failed_checks(run):
+        shown[v["kind"]] += 1
+        if shown[v["kind"]] <= SHOW_PER_KIND:
+            lines.append(f"VIOLATION [{policy}] {v['kind']}{where(v)}: {v['detail']}")
+    lines += [f"VIOLATION [{policy}] {kind}: {n - SHOW_PER_KIND} more (all in results.json)"
+              for kind, n in shown.items() if n > SHOW_PER_KIND]
+    return lines
 
 
 def cost_table(cfg: dict) -> str:
@@ -215,16 +256,22 @@ def table(runs: list[dict]) -> str:
         c = r["perf_costs"].get(name)
         return fmt_band(c["modeled_ns"]) if c else "-"
 
+    def spread(key):
+        return lambda r: " / ".join(fmt_ns(he(r, key, stat)) for stat in ("p50", "p99", "max"))
+
+    def first_steady(key):       # a one-time cost (the first event creation) apart
+        return lambda r: f"{fmt_ns(he(r, key, 'first'))} / {fmt_ns(he(r, key, 'steady')['mean'])}"
+
     rows = [
         ("kvm_pmu_handle_event calls", lambda r: f"{r['handle_event']['calls']:,}"),
         ("  reprogrammed / skipped", lambda r: f"{r['handle_event']['reprogrammed']:,} / "
                                              f"{r['handle_event']['skipped']:,}"),
         ("  measured mean", lambda r: fmt_ns(he(r, "measured_ns", "mean"))),
-        ("  measured p50 / p99", lambda r: f"{fmt_ns(he(r, 'measured_ns', 'p50'))} / "
-                                         f"{fmt_ns(he(r, 'measured_ns', 'p99'))}"),
+        ("  measured p50 / p99 / max", spread("measured_ns")),
+        ("  measured first / steady mean", first_steady("measured_ns")),
         ("  modeled mean (band)", lambda r: fmt_band(r["handle_event"]["modeled_ns"])),
-        ("  modeled p50 / p99", lambda r: f"{fmt_ns(he(r, 'modeled_ns', 'p50'))} / "
-                                        f"{fmt_ns(he(r, 'modeled_ns', 'p99'))}"),
+        ("  modeled p50 / p99 / max", spread("modeled_ns")),
+        ("  modeled first / steady mean", first_steady("modeled_ns")),
         ("guest NMI handler modeled (band)", lambda r: fmt_band(
             r["guest_nmi_handler"]["modeled_ns"])),
         ("reprogram_counter calls", lambda r: f"{r['reprogram_counter']['calls']:,}"),
