@@ -1,15 +1,18 @@
 """Run configuration: defaults, a TOML scenario file over them, command-line flags over that.
 
 The resolved configuration is a plain dict of sections; the launcher writes it into the run
-directory so that a run can be repeated, and sends each process the part it needs.
+directory as a scenario file (``to_toml``) so that a run can be repeated, and sends each process
+the part it needs.
 """
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import tomllib
 
-from common import costs, msr
+from common import costs, kernels, msr
 from common.topology import PRESETS
 
 # The seed scenario (shared/reference/seed-rfc-patch.txt): a 4-socket Skylake-SP host with the NMI
@@ -21,15 +24,16 @@ DEFAULTS: dict = {
             "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
             "guest_program": ""},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],
-             "event_binding": "task"},
+             "event_binding": "task", "kernel": kernels.DEFAULT, "x2apic": "cluster"},
     "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
            "migrate": "none", "migrations": []},
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000,
               "sessions": [], "watchdog": False, "context_switch_ms": 0},
     "costs": {},
     # how this launch is deployed rather than what it emulates (flags of the same names)
-    "launch": {"out": "", "external": [], "bind": "127.0.0.1", "host_addr": "", "kvm_addr": "",
-               "insecure_tcp": False, "lost_after": 2.0, "explain_costs": False},
+    "launch": {"out": "", "force": False, "external": [], "bind": "127.0.0.1", "host_addr": "",
+               "kvm_addr": "", "insecure_tcp": False, "lost_after": 2.0, "stuck_after": 5.0,
+               "explain_costs": False},
 }
 
 POLICIES = ("always", "oncpu", "reuse", "deferred")
@@ -100,6 +104,10 @@ def validate(cfg: dict, where: str) -> dict:
     _check(host["preset"] in PRESETS, where, "host.preset",
            f"unknown preset {host['preset']!r}; known: {', '.join(PRESETS)}")
     _check(type(host["watchdog"]) is bool, where, "host.watchdog", "must be true or false")
+    _check(host["kernel"] in kernels.KERNELS, where, "host.kernel",
+           f"unknown host kernel {host['kernel']!r}; modeled: {', '.join(kernels.KERNELS)}")
+    _check(host["x2apic"] in ("cluster", "physical"), where, "host.x2apic",
+           "must be cluster or physical")
     topo = PRESETS[host["preset"]]
     _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
     _int(run["max_modeled_ms"], where, "run.max_modeled_ms", 1)
@@ -166,15 +174,16 @@ def validate(cfg: dict, where: str) -> dict:
         "must be a list of roles among host, kvm, guest")
     for key in ("out", "bind", "host_addr", "kvm_addr"):
         _check(isinstance(launch[key], str), where, f"launch.{key}", "must be a string")
-    for key in ("insecure_tcp", "explain_costs"):
+    for key in ("insecure_tcp", "explain_costs", "force"):
         _check(type(launch[key]) is bool, where, f"launch.{key}", "must be true or false")
-    _check(type(launch["lost_after"]) in (int, float) and launch["lost_after"] > 0, where,
-           "launch.lost_after", "must be a number of seconds > 0")
+    for key in ("lost_after", "stuck_after"):
+        _check(type(launch[key]) in (int, float) and launch[key] > 0, where, f"launch.{key}",
+               "must be a number of seconds > 0")
     prog = run["guest_program"]
     _check(isinstance(prog, str) and (not prog or os.path.isfile(prog)), where,
            "run.guest_program", f"no such file {prog!r}")
     try:
-        costs.resolve(cfg["costs"])
+        costs.resolve(cfg["costs"], topo)
     except ValueError as exc:
         raise ConfigError(where, "costs", str(exc)) from None
     return cfg
@@ -196,3 +205,44 @@ def vcpu_pins(cfg: dict) -> list[int]:
         return list(range(n))
     topo = PRESETS[cfg["host"]["preset"]]
     return [((i % topo.sockets) * topo.cores + i // topo.sockets) % topo.ncpus for i in range(n)]
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def to_toml(cfg: dict) -> str:
+    """A scenario file for ``cfg`` (sections of plain values: str, bool, int, float, lists and
+    tables of them), which ``load_scenario`` reads back to the same dict."""
+    lines = []
+    for section, values in cfg.items():
+        lines.append(f"[{_toml_key(section)}]")
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
+
+
+def _toml_str(s: str) -> str:
+    special = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(special.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or c == "\x7f"
+                                            else c) for c in s) + '"'
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else
+                                                 "inf" if v > 0 else "-inf")
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"{type(v).__name__} has no TOML form here")

@@ -14,6 +14,10 @@ KNOWN = {
     "host_stop_heartbeat": "the host process sends no heartbeat (stuck)",
     "kvm_stop_heartbeat": "the KVM process sends no heartbeat (stuck)",
     "guest_stop_heartbeat": "the guest process sends no heartbeat (stuck)",
+    "kvm_stall": "the KVM process's vCPU thread stops at its first exit; heartbeats go on "
+                 "(stuck)",
+    "guest_stall": "the guest process's vCPU thread stops at its first exit; heartbeats go on "
+                   "(stuck)",
     "ignore_shutdown": "a process hangs at SHUTDOWN and ignores SIGTERM (the launcher must "
                        "SIGKILL)",
 }

@@ -122,7 +122,8 @@ class Shutdown:
 
 @dataclasses.dataclass
 class Heartbeat:
-    progress: int
+    progress: int                  # steps done so far (exits served or made); only grows
+    doing: str = ""                # the last step, for a person reading why a process is stuck
 
 
 @dataclasses.dataclass
@@ -336,7 +337,8 @@ class Exit:
     """A VM exit. ``retired`` holds the events the guest retired since its last entry."""
     reason: str                    # rdmsr, wrmsr, rdpmc, cpuid, budget (a host counter's or
                                    # the time slice's end), nmi_window, hypercall (a test
-                                   # program's migration request), done
+                                   # program's migration request), flush (the emulator's, when
+                                   # much has retired since the last exit), done
     index: int                     # MSR, RDPMC ECX or CPUID leaf
     value: int                     # WRMSR data, CPUID subleaf
     retired: dict
@@ -368,32 +370,30 @@ class Inject:
 
 @dataclasses.dataclass
 class SampleSet:
-    """Timing samples (common/stats.py): exact count, sum and min, and a bounded seeded reservoir
-    for the percentiles."""
+    """Timing samples (common/stats.py): exact count, sum, min and max, the max of the steady
+    samples, and a bounded seeded reservoir for the percentiles that starts with the one-time
+    sample."""
     count: int
     sum: int
     min: int
+    max: int
+    steady_max: int
     reservoir: list[int]
 
 
 @dataclasses.dataclass
-class Timings:
-    measured_ns: SampleSet         # time.perf_counter_ns of this process
-    modeled_ns: SampleSet          # the cost model's
-
-
-@dataclasses.dataclass
 class OpCost:
-    """How often the host served one kind of request and its mean modeled cost."""
-    calls: int
-    mean_ns: float
+    """One kind of request the host served: its modeled ns (at the parameters' mid values) and
+    the cost parameters it charged (name -> times, over every call)."""
+    modeled_ns: SampleSet
+    ledger: dict
 
 
 @dataclasses.dataclass
 class HostReport:
     preset: str
     cpus: int
-    perf_costs_modeled_ns: dict[str, OpCost]   # request name (OP_NAME, "account") -> cost
+    perf_costs: dict[str, OpCost]  # request name (OP_NAME, "account") -> its costs
     pmc_refcount: int
     refcount_crossings: dict       # "reserve" / "release": pmc_refcount crossing zero
     static_key: dict               # perf_sched_events: "enable", "disable", "deferred_cancelled"
@@ -409,12 +409,22 @@ class HostReport:
 
 @dataclasses.dataclass
 class HandleEventReport:
-    """kvm_pmu_handle_event: its times, what each pending counter got, and the modeled ns by
-    cost parameter."""
+    """kvm_pmu_handle_event: its times, what each pending counter got, and the cost parameters
+    its calls charged (name -> times, over every call)."""
+    measured_ns: SampleSet         # time.perf_counter_ns of the KVM process
+    modeled_ns: SampleSet          # the cost model's, at the parameters' mid values
+    by_reason: dict
+    ledger: dict
+
+
+@dataclasses.dataclass
+class NmiHandlerReport:
+    """The guest's NMI handler, from the PMI's injection to its last exit: its times, the cost
+    parameters charged in those windows and the guest time in them (in total)."""
     measured_ns: SampleSet
     modeled_ns: SampleSet
-    by_reason: dict
-    modeled_ns_by_param: dict
+    ledger: dict
+    guest_ns: int
 
 
 @dataclasses.dataclass
@@ -444,7 +454,7 @@ class VcpuReport:
     oncpu_disagreements: int
     affinity: Affinity
     entry_retries: int
-    nmi_handler: Timings           # the guest's NMI handler, from injection to its last exit
+    nmi_handler: NmiHandlerReport
     exits: dict                    # reason -> exits
     gp_faults: int
     modeled_total_ns: int          # the vCPU's modeled time: guest, KVM and host
@@ -481,6 +491,14 @@ class Check:
 
 
 @dataclasses.dataclass
+class ProgramError:
+    """The exception a guest program's ``main`` raised, and the program's own frames, innermost
+    last (guest/program.py)."""
+    error: str
+    traceback: list[str]
+
+
+@dataclasses.dataclass
 class Violation:
     """An invariant the oracle found broken."""
     kind: str
@@ -504,7 +522,7 @@ class GuestVcpuReport:
     exits: dict
     gp_faults: int
     checks: list[Check]
-    program_error: str | None
+    program_error: ProgramError | None
     invariants_checked: int
     violations: list[Violation]
 

@@ -7,9 +7,10 @@ import sys
 
 import zmq
 
-from common import costs, msr, schema, service, transport
+from common import costs, msr, schema, child, transport
 from common.costs import Ledger
 from common.schema import MsgType
+from common.stats import Samples
 from common.topology import preset
 from host.perf import HostPerf, PerfError
 
@@ -38,15 +39,20 @@ class HostServer:
     def configure(self, cfg: dict) -> None:
         host = cfg["host"]
         self.topo = preset(host["preset"])
+        self.policy = cfg["policy"]
         self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"],
-                             tuple(host["busy_pcpus"]), host["event_binding"])
+                             tuple(host["busy_pcpus"]), host["event_binding"], host["kernel"],
+                             host["x2apic"])
         self.waiting: dict[int, list] = collections.defaultdict(list)   # pCPU run queues
-        self.params = costs.resolve(cfg["costs"])
-        self.op_costs: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        self.params = costs.resolve(cfg["costs"], self.topo)
+        # per perf call kind: modeled ns of each call (mid values) and the counts they charged
+        self.op_costs: dict[str, tuple[Samples, Ledger]] = collections.defaultdict(
+            lambda: (Samples(), Ledger()))
         self.chan.seq = schema.SeqCounter()
         self.links = set()
-        log.info("configured %s, watchdog %s, %d host pinned events per pCPU",
-                 self.topo.describe(), "on" if host["watchdog"] else "off", host["host_pinned"])
+        log.info("configured %s, host kernel %s, x2APIC %s, watchdog %s, %d host pinned events "
+                 "per pCPU", self.topo.describe(), host["kernel"], host["x2apic"],
+                 "on" if host["watchdog"] else "off", host["host_pinned"])
 
     def handle(self) -> None:
         try:
@@ -123,9 +129,9 @@ class HostServer:
             self.send(schema.Oncpu(ev.handle, ev.oncpu, ev.error), peer)
         cost = ledger.total(self.params)
         perf.charge_cpu(owner, cost)
-        tally = self.op_costs[name]
-        tally[0] += 1
-        tally[1] += cost
+        samples, counts = self.op_costs[name]
+        samples.add(cost)
+        counts.update(ledger)
         self.send(schema.HostReply(req.id, ok, result, cost, dict(ledger), perf.budget(owner),
                                    perf.filtered_budget(owner), error), peer)
 
@@ -133,8 +139,8 @@ class HostServer:
         perf = self.perf
         return schema.HostReport(
             self.topo.name, self.topo.ncpus,
-            perf_costs_modeled_ns={op: schema.OpCost(n, total / n)
-                                   for op, (n, total) in sorted(self.op_costs.items()) if n},
+            perf_costs={op: schema.OpCost(samples.to_record(), dict(counts))
+                        for op, (samples, counts) in sorted(self.op_costs.items())},
             pmc_refcount=perf.pmc_refcount, **perf.stats,
             pcpu_modeled_ns={str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
             unavailable={task: {str(ctx): n for ctx, n in lost.items()}
@@ -143,8 +149,8 @@ class HostServer:
 
 
 def main(argv=None) -> int:
-    args = service.arg_parser("host").parse_args(argv)
-    svc = service.Service("host", args)
+    args = child.arg_parser("host").parse_args(argv)
+    svc = child.Process("host", args)
     chan = transport.Channel(transport.socket(svc.ctx, zmq.ROUTER))
     server = HostServer(chan, svc.errors)
     try:
@@ -158,9 +164,13 @@ def main(argv=None) -> int:
                 svc.send(schema.Ready(msg.body.run, {"perf": endpoint}))
             elif msg.type == MsgType.FINISH:
                 report = server.report()
-                log.info("run %d summary: refcount crossings %s, overflows to owner %d, static "
-                         "key %s", msg.body.run, report.refcount_crossings,
-                         report.overflows_to_owner, report.static_key)
+                log.info("run %d summary (policy %s): host PMU reserved %d and released %d "
+                         "times, static key enabled %d and disabled %d times, %d overflows "
+                         "(%d to their owner)", msg.body.run, server.policy,
+                         report.refcount_crossings["reserve"],
+                         report.refcount_crossings["release"],
+                         report.static_key["enable"], report.static_key["disable"],
+                         report.overflows, report.overflows_to_owner)
                 svc.send(schema.Report(msg.body.run, report))
 
         return svc.serve(on_control, chan.sock, server.handle)

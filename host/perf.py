@@ -9,9 +9,10 @@ What is modeled, each charged to a cost ledger as the kernel would spend it
 - counting of what the guest retires, overflow at the sample period, the host PMI handler's
   re-arm (``x86_perf_event_set_period``) and the overflow callback to the owner;
 - ``pmc_refcount``: the first x86 event reserves the PMU and sets up the debug store on every
-  possible CPU, the last one tears it down (``reserve_ds_buffers`` / ``release_ds_buffers``);
+  possible CPU, the last one tears it down (host/debug_store.py, host/smp.py, host/tlb.py);
 - the ``perf_sched_events`` static key: enabled on the first task event with a grace period,
-  its disable deferred by one second of modeled time.
+  its disable deferred by one second of modeled time (host/static_key.py).
+The costs follow the host kernel release's code (common/kernels.py) from the caller's pCPU.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ import dataclasses
 
 from fractions import Fraction
 
-from common import cmask, costs, msr, schema
+from common import cmask, kernels, msr, schema
 from common.costs import Ledger
 from common.topology import Topology
 from host.cpu_hw_events import CpuHwEvents
-
-STATIC_KEY_DISABLE_DELAY_NS = 1_000_000_000     # schedule_delayed_work(&perf_sched_work, HZ)
+from host.debug_store import DebugStore
+from host.smp import Smp
+from host.static_key import DELAYED_WORK_NS as STATIC_KEY_DISABLE_DELAY_NS, PerfSchedEvents
 
 
 class PerfError(Exception):
@@ -71,27 +73,25 @@ class Task:
 
 class HostPerf:
     def __init__(self, topo: Topology, watchdog: bool, host_pinned: int = 0,
-                 busy_pcpus: tuple[int, ...] = (), event_binding: str = "task"):
+                 busy_pcpus: tuple[int, ...] = (), event_binding: str = "task",
+                 kernel: str = kernels.DEFAULT, x2apic: str = "cluster"):
         self.topo = topo
+        self.smp = Smp(topo, kernels.kernel(kernel), x2apic)
+        self.debug_store = DebugStore(self.smp)
+        self.sched_key = PerfSchedEvents(self.smp)
         self.cpuc = [CpuHwEvents(c, topo.gp_counters, topo.fixed_counters)
                      for c in range(topo.ncpus)]
         self.events: dict[int, PerfEvent] = {}
         self.tasks: dict[str, Task] = {}
         self.next_handle = 1
         self.pmc_refcount = 0
-        self.sched_count = 0                 # perf_sched_count: task events alive
-        self.key_enabled = False
-        self.key_disable_at: int | None = None
         self.now_ns = 0
         self.pcpu_clock: dict[int, int] = {}     # modeled ns each used pCPU spent: guest + host
         self.event_binding = event_binding
         self.current: dict[int, str] = {}        # pCPU -> the task running there
         self.unavailable: dict[str, dict[int, int]] = {}  # task -> pmc context -> events lost
-        per_socket = topo.cores * topo.threads
-        self._same_socket_others = per_socket - 1
-        self._cross_socket = topo.ncpus - per_socket
         self.stats = {"refcount_crossings": {"reserve": 0, "release": 0},
-                      "static_key": {"enable": 0, "disable": 0, "deferred_cancelled": 0},
+                      "static_key": self.sched_key.stats,
                       "overflows": 0, "overflows_to_owner": 0, "sched_in_other_cpu": 0,
                       "pinned_errors": 0, "run_queue_waits": 0}
         # Boot-time host users, placed before any task can run: not charged to anyone.
@@ -129,13 +129,13 @@ class HostPerf:
     # --- time-driven work ---------------------------------------------------------------------
 
     def advance_time(self, now_ns: int) -> None:
-        """Run perf_sched_work when its second has passed: disable the key if still unused."""
+        """Run perf_sched_work when its second has passed."""
         self.now_ns = max(self.now_ns, now_ns)
-        if self.key_disable_at is not None and self.now_ns >= self.key_disable_at:
-            self.key_disable_at = None
-            if self.sched_count == 0 and self.key_enabled:
-                self.key_enabled = False
-                self.stats["static_key"]["disable"] += 1
+        self.sched_key.advance(self.now_ns)
+
+    @property
+    def key_enabled(self) -> bool:
+        return self.sched_key.enabled
 
     # --- scheduler ------------------------------------------------------------------------------
 
@@ -218,8 +218,8 @@ class HostPerf:
         if attr.sample_period < 0:
             raise PerfError(f"sample_period {attr.sample_period!r}")
         ledger.charge("perf_event_alloc")
-        self._reserve_hardware(ledger)
-        self._account_event(ledger)
+        self._reserve_hardware(self._caller_cpu(owner), ledger)
+        self.sched_key.account(self._caller_cpu(owner), ledger)
         task = self.task(owner)
         bound = task.cpu if self.event_binding == "cpu" else -1
         ev = self._new_event(owner, owner, bound, attr.kind, attr.exclude_user,
@@ -239,8 +239,8 @@ class HostPerf:
         self._event_sched_out(ev, ledger)
         self.tasks[ev.task].events.remove(ev)
         del self.events[handle]
-        self._unaccount_event()
-        self._release_hardware(ledger)
+        self.sched_key.unaccount(self.now_ns)
+        self._release_hardware(self._caller_cpu(owner), ledger)
         ledger.charge("perf_event_free")
         return ev.count
 
@@ -376,78 +376,41 @@ class HostPerf:
 
     # --- x86 hardware reservation and the debug store ------------------------------------------
 
-    def _reserve_hardware(self, ledger: Ledger) -> None:
-        """x86_reserve_hardware: on pmc_refcount 0 -> 1, reserve_ds_buffers on every CPU."""
+    def _caller_cpu(self, owner: str) -> int:
+        """The pCPU the calling task runs on (pCPU 0 for a task not placed, as in unit tests)."""
+        return max(self.task(owner).cpu, 0)
+
+    def _reserve_hardware(self, cpu: int, ledger: Ledger) -> None:
+        """x86_reserve_hardware: on pmc_refcount 0 -> 1, reserve_pmc_hardware (a
+        test_and_set_bit per counter and event select) and reserve_ds_buffers."""
         self.pmc_refcount += 1
         if self.pmc_refcount == 1:
             self.stats["refcount_crossings"]["reserve"] += 1
-            n = self.topo.ncpus
-            pages = costs.DS_BUFFER_PAGES * costs.DS_BUFFERS_PER_CPU * n
-            ledger.charge("page_alloc", costs.DS_BUFFERS_PER_CPU * n)
-            ledger.charge("page_zero", pages)
-            ledger.charge("pte_update", pages)          # ds_update_cea maps each page
-            self._tlb_shootdowns(costs.DS_BUFFERS_PER_CPU * n, ledger)
-            self._wrmsr_on_each_cpu(ledger)             # init_debug_store_on_cpu: DS_AREA
+            ledger.charge("locked_rmw", 2 * self.topo.gp_counters)
+            self.debug_store.reserve(cpu, ledger)
 
-    def _release_hardware(self, ledger: Ledger) -> None:
-        """x86_release_hardware: on pmc_refcount 1 -> 0, release_ds_buffers on every CPU."""
+    def _release_hardware(self, cpu: int, ledger: Ledger) -> None:
+        """x86_release_hardware: on pmc_refcount 1 -> 0, release_pmc_hardware (clear_bit each)
+        and release_ds_buffers."""
         self.pmc_refcount -= 1
         if self.pmc_refcount == 0:
             self.stats["refcount_crossings"]["release"] += 1
-            n = self.topo.ncpus
-            pages = costs.DS_BUFFER_PAGES * costs.DS_BUFFERS_PER_CPU * n
-            self._wrmsr_on_each_cpu(ledger)             # fini_debug_store_on_cpu
-            ledger.charge("pte_update", pages)          # ds_clear_cea unmaps each page
-            self._tlb_shootdowns(costs.DS_BUFFERS_PER_CPU * n, ledger)
-            ledger.charge("page_free", costs.DS_BUFFERS_PER_CPU * n)
+            ledger.charge("locked_rmw", 2 * self.topo.gp_counters)
+            self.debug_store.release(cpu, ledger)
 
-    def _tlb_shootdowns(self, times: int, ledger: Ledger) -> None:
-        """``times`` flush_tlb_kernel_range calls of one DS buffer each, from the calling CPU:
-        an IPI to every other CPU (a csd queued into the target's line and read back), a local
-        flush, and the wait for the slowest target."""
-        self._ipi_many(times, ledger)
-        ledger.charge("invlpg", 2 * costs.DS_BUFFER_PAGES * times)   # local, then the slowest
 
-    def _ipi_many(self, times: int, ledger: Ledger) -> None:
-        ledger.charge("cacheline_transfer_same_socket", 2 * self._same_socket_others * times)
-        ledger.charge("cacheline_transfer_cross_socket", 2 * self._cross_socket * times)
-        ledger.charge("apic_icr_write", (self.topo.ncpus - 1) * times)
-        if self._cross_socket:
-            ledger.charge("ipi_delivery_cross_socket", times)
-        elif self._same_socket_others:
-            ledger.charge("ipi_delivery_same_socket", times)
-
-    def _wrmsr_on_each_cpu(self, ledger: Ledger) -> None:
-        """wrmsr_on_cpu() for every CPU in turn: local for the caller's, one IPI and a wait for
-        each other."""
-        same, cross = self._same_socket_others, self._cross_socket
-        ledger.charge("local_function_call")
-        ledger.charge("pmu_wrmsr", self.topo.ncpus)
-        ledger.charge("cacheline_transfer_same_socket", 2 * same)
-        ledger.charge("cacheline_transfer_cross_socket", 2 * cross)
-        ledger.charge("apic_icr_write", same + cross)
-        ledger.charge("ipi_delivery_same_socket", same)
-        ledger.charge("ipi_delivery_cross_socket", cross)
-
-    def _account_event(self, ledger: Ledger) -> None:
-        """account_event for a task event: the first one enables perf_sched_events."""
-        ledger.charge("locked_rmw")
-        self.sched_count += 1
-        if self.key_disable_at is not None:
-            self.key_disable_at = None           # the deferred disable finds the key in use
-            self.stats["static_key"]["deferred_cancelled"] += 1
-        if not self.key_enabled:
-            self.key_enabled = True
-            self.stats["static_key"]["enable"] += 1
-            ipis = costs.PERF_SCHED_EVENTS_SITES * costs.TEXT_POKE_IPIS_PER_SITE
-            self._ipi_many(ipis, ledger)
-            ledger.charge("rcu_grace_period")    # synchronize_sched() after the patch
-
-    def _unaccount_event(self) -> None:
-        """unaccount_event: a would-be last disable is deferred by a second (perf_sched_work)."""
-        self.sched_count -= 1
-        if self.sched_count == 0 and self.key_enabled:
-            self.key_disable_at = self.now_ns + STATIC_KEY_DISABLE_DELAY_NS
+def reservation_cycle(topo: Topology, kernel: str = kernels.DEFAULT,
+                      x2apic: str = "cluster") -> Ledger:
+    """What the costliest perf work one call can set off charges on ``topo``: the first kernel
+    counter on an idle host PMU and its release (x86_reserve_hardware and x86_release_hardware
+    across pmc_refcount 0 -> 1 -> 0, and the perf_sched_events static key's enable). The
+    launcher derives its default modeled-time budget from it."""
+    perf = HostPerf(topo, watchdog=False, kernel=kernel, x2apic=x2apic)
+    ledger = Ledger()
+    perf._reserve_hardware(0, ledger)
+    perf.sched_key.account(0, ledger)
+    perf._release_hardware(0, ledger)
+    return ledger
 
 
 # --- the requests a vCPU task makes, and their typed results ----------------------------------------

@@ -14,11 +14,13 @@ class VcpuClock:
 
     def __init__(self, ledger: Ledger, params: dict[str, int], ghz: float):
         self.ledger, self.params, self.ghz = ledger, params, ghz
+        self.guest_cycles = 0
         self.guest_ns = 0
         self.now_ns = 0
 
     def guest_ran(self, cycles: int) -> None:
-        self.guest_ns += int(cycles / self.ghz)
+        self.guest_cycles += cycles                 # converted whole: no ns lost per exit
+        self.guest_ns = int(self.guest_cycles / self.ghz)
 
     def sync(self) -> int:
         self.now_ns = self.total_ns()

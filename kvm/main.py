@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from common import config, schema, service, transport
+from common import config, schema, child, transport
 from common.schema import MsgType
 from common.topology import preset
 from kvm import policies
@@ -16,7 +16,7 @@ log = logging.getLogger("kvm")
 class Vm:
     """The vCPU threads of one run of this VM."""
 
-    def __init__(self, svc: service.Service, listen_base: str):
+    def __init__(self, svc: child.Process, listen_base: str):
         self.svc = svc
         self.name = svc.name.removeprefix("kvm-")
         self.listen_base = listen_base
@@ -70,8 +70,8 @@ class Vm:
 
 
 def main(argv=None) -> int:
-    args = service.arg_parser("kvm").parse_args(argv)
-    svc = service.Service("kvm", args)
+    args = child.arg_parser("kvm").parse_args(argv)
+    svc = child.Process("kvm", args)
     vm = Vm(svc, args.listen)
     try:
         svc.hello({"vcpu_base": args.listen})

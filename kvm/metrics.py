@@ -31,30 +31,32 @@ class VcpuMetrics:
         self.exits[reason] += 1
         self.exits_total += 1
 
-    def timed_handle_event(self, pmu, ledger: Ledger) -> None:
+    def timed_handle_event(self, pmu, ledger: Ledger, host) -> None:
         """Run kvm_pmu_handle_event timed: measured around the call, modeled from what it
-        charged to the vCPU's ledger (the timed window holds one clock read)."""
-        before = Ledger(ledger)
+        charged to the vCPU's ledger (the timed window holds one clock read). The call that
+        made the vCPU's first perf event is its one-time sample."""
+        before, creates = Ledger(ledger), host.calls[schema.PerfCreate]
         t0 = time.perf_counter_ns()
         ledger.charge("clock_read")
         pmu.handle_event()
-        self.he_measured.add(time.perf_counter_ns() - t0)
+        elapsed = time.perf_counter_ns() - t0
+        once = creates == 0 < host.calls[schema.PerfCreate]
+        self.he_measured.add(elapsed, once)
         spent = Ledger(ledger)
         spent.subtract(before)
         spent = Ledger({k: v for k, v in spent.items() if v})
         self.he_ledger.update(spent)
-        self.he_modeled.add(spent.total(self.params))
+        self.he_modeled.add(spent.total(self.params), once)
 
     def report(self, vcpu: int, pcpu: int, failure: str | None, policy: str, pmu, host,
-               affinity: schema.Affinity, nmi: schema.Timings, clock,
+               affinity: schema.Affinity, nmi: schema.NmiHandlerReport, clock,
                protocol_errors: dict) -> schema.VcpuReport:
         stats = pmu.stats
         return schema.VcpuReport(
             vcpu, pcpu, failure, policy,
             handle_event=schema.HandleEventReport(
                 self.he_measured.to_record(), self.he_modeled.to_record(),
-                dict(stats["handle_event"]),
-                {k: v * self.params[k] for k, v in self.he_ledger.items()}),
+                dict(stats["handle_event"]), dict(self.he_ledger)),
             reprogram_counter=dict(stats["reprogram_counter"]),
             perf_calls=host.perf_calls(),
             overflows=stats["overflows"],

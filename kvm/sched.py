@@ -34,7 +34,8 @@ class VcpuTask:
         self.slice_ns = cfg["vm"]["timeslice_ms"] * 1_000_000
         self.next_tick = self.slice_ns           # modeled ns at which the time slice ends
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
-                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"])
+                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"],
+                                 self.slice_ns)
         self.task_binding = cfg["host"]["event_binding"] == "task"
         self.loaded = False
         self.affinity = schema.Affinity(0, pcpu)

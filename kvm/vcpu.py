@@ -14,6 +14,7 @@ import threading
 import zmq
 
 from common import costs, logsetup, msr, schema, transport
+from common.child import PROGRESS
 from common.costs import Ledger
 from common.schema import MsgType
 from kvm.clock import VcpuClock
@@ -39,12 +40,12 @@ class VcpuThread(threading.Thread):
         self.bound = threading.Event()
         self.stop = threading.Event()
         self.failure: str | None = None
-        self.params = costs.resolve(cfg["costs"])
+        self.params = costs.resolve(cfg["costs"], topo)
         self.max_modeled_ns = cfg["run"]["max_modeled_ms"] * 1_000_000
         self.ledger = Ledger()
         self.clock = VcpuClock(self.ledger, self.params, cfg["ghz"])
         self.metrics = VcpuMetrics(index, self.params)
-        self.nmi = VcpuNmi(index)
+        self.nmi = VcpuNmi(index, self.ledger, self.params)
         self.task: VcpuTask | None = None
         self.errors = transport.ErrorLog(log)
 
@@ -120,6 +121,7 @@ class VcpuThread(threading.Thread):
                 continue
             if not self.task.loaded:
                 self.task.vcpu_load(self.pcpu)
+            PROGRESS.step(f"vCPU {self.index} serving a {msg.body.reason} exit")
             entry = self.handle_exit(msg.body)
             if msg.body.reason == "done":
                 self.task.put()
@@ -134,8 +136,9 @@ class VcpuThread(threading.Thread):
         retired = {k: v for k, v in ex.retired.items()
                    if k in msr.EVENT_KINDS and type(v) is int and v > 0}
         self.clock.guest_ran(retired.get("cycles", 0))
-        self.ledger.charge("vmx_transition")
-        self.nmi.on_exit(ex.in_nmi, self.clock.now_ns)
+        if ex.reason != "flush":               # the emulator's exit (guest/cpu.py): no VM exit
+            self.ledger.charge("vmx_transition")
+        self.nmi.on_exit(ex.in_nmi, self.clock.guest_ns)
         reason = ex.reason
         overflows = self.pmu.stats["overflows"]
         if ex.reason == "hypercall":
@@ -174,7 +177,7 @@ class VcpuThread(threading.Thread):
         reqs = self.pmu.requests
         if KVM_REQ_PMU in reqs:
             reqs.discard(KVM_REQ_PMU)
-            self.metrics.timed_handle_event(self.pmu, self.ledger)
+            self.metrics.timed_handle_event(self.pmu, self.ledger, self.host)
             self.clock.sync()
         if KVM_REQ_PMI in reqs:
             reqs.discard(KVM_REQ_PMI)
@@ -194,7 +197,7 @@ class VcpuThread(threading.Thread):
         entry.nmi_window = self.nmi.window
         self.clock.sync()
         if injected_nmi:
-            self.nmi.injected(self.clock.now_ns)
+            self.nmi.injected(self.clock.guest_ns)
         entry.budget = self.host.guest_budget(self.task.cycles_to_slice_end())
         entry.filtered = self.host.filtered
         guest.send(entry, peer)
@@ -203,5 +206,5 @@ class VcpuThread(threading.Thread):
 
     def report(self) -> schema.VcpuReport:
         return self.metrics.report(self.index, self.task.pcpu, self.failure, self.policy.name,
-                                   self.pmu, self.host, self.affinity, self.nmi.timings(),
+                                   self.pmu, self.host, self.affinity, self.nmi.report(),
                                    self.clock, dict(self.errors.counts))

@@ -16,7 +16,7 @@ from kvm import policies
 from kvm.pmu import KVM_REQ_PMU, KvmPmu, PerfCallRefused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER = os.path.join(ROOT, "scripts", "launcher.py")
+LAUNCH = [sys.executable, "-m", "common.launcher"]   # the launcher, as vpmu-launch runs it
 EN_INSTR_INT = 0x4300C0 | msr.EVTSEL_INT      # EN|OS|USR|INT, instructions retired
 
 
@@ -70,7 +70,7 @@ def program_counter0(pmu, period: int) -> None:
 def launch(tmp_path, *args, timeout=240) -> tuple[subprocess.CompletedProcess, dict, str]:
     """Run the real launcher (all processes) into ``tmp_path``; return its outcome and results."""
     out = str(tmp_path / "run")
-    proc = subprocess.run([sys.executable, LAUNCHER, "--out", out, *args], capture_output=True,
+    proc = subprocess.run([*LAUNCH, "--out", out, *args], capture_output=True,
                           text=True, timeout=timeout)
     path = os.path.join(out, "results.json")
     results = json.load(open(path)) if os.path.exists(path) else {}

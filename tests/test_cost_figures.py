@@ -1,28 +1,15 @@
-"""The seed's figures come out of the mechanisms, and move as the explanation says they do."""
+"""Modeled figures come out of the mechanisms as bands, and move with the host as they should.
+
+Nothing here pins a figure to the seed's: the bands are reported, not fitted."""
 import pytest
 
-from common.costs import PARAMS
 from conftest import launch
 
 pytestmark = pytest.mark.timeout(300)
-SEED_ALWAYS_NS, SEED_ONCPU_NS = 85_282_765, 97
 
 
 def mean(results, policy):
     return next(r for r in results["runs"] if r["policy"] == policy)["handle_event"]
-
-
-def test_seed_figures_within_15_percent(seed_run):
-    _, results, _ = seed_run
-    always, oncpu = mean(results, "always"), mean(results, "oncpu")
-    assert abs(always["modeled_ns"]["mean"] / SEED_ALWAYS_NS - 1) <= 0.15
-    assert abs(oncpu["modeled_ns"]["mean"] / SEED_ONCPU_NS - 1) <= 0.15
-    # the reservation/teardown of the debug store is what the figure is made of
-    by_param = always["modeled_by_param"]
-    ds = sum(by_param[k] for k in ("cacheline_transfer_cross_socket",
-                                   "cacheline_transfer_same_socket", "apic_icr_write",
-                                   "ipi_delivery_cross_socket", "invlpg"))
-    assert ds / sum(by_param.values()) > 0.9
 
 
 def test_watchdog_on_collapses_the_figure(tmp_path):
@@ -30,7 +17,7 @@ def test_watchdog_on_collapses_the_figure(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = results["runs"][0]
     assert run["host_perf"]["refcount_crossings"] == {"reserve": 0, "release": 0}
-    assert run["handle_event"]["modeled_ns"]["mean"] < 0.01 * SEED_ALWAYS_NS
+    assert run["handle_event"]["modeled_ns"]["band"][1] < 100_000
 
 
 def test_figure_moves_with_the_number_of_cpus(tmp_path):
@@ -43,23 +30,28 @@ def test_figure_moves_with_the_number_of_cpus(tmp_path):
     assert figures["small"] < figures["bdx-2s"] < figures["skx-4s"]
 
 
-def test_each_parameter_moves_the_figure_by_its_explained_share(tmp_path):
-    base_proc, base, _ = launch(tmp_path / "base", "--policy", "always,oncpu", "--pmis", "3")
-    assert base_proc.returncode == 0
-    checked = 0
-    for name in PARAMS:
-        shares = {p: mean(base, p)["modeled_by_param"].get(name, 0) for p in ("always", "oncpu")}
-        if not any(shares.values()):
-            continue
-        old = PARAMS[name].ns
-        new = round(old * 1.1)
-        proc, bumped, _ = launch(tmp_path / name, "--policy", "always,oncpu", "--pmis", "3",
-                                 "--cost", f"{name}={new}")
-        assert proc.returncode == 0, proc.stderr
-        for policy, part in shares.items():
-            before = mean(base, policy)["modeled_ns"]["mean"]
-            after = mean(bumped, policy)["modeled_ns"]["mean"]
-            assert after - before == pytest.approx(part * (new - old) / old, rel=1e-6, abs=1e-3), \
-                (name, policy)
-        checked += 1
-    assert checked >= 15
+def test_every_modeled_figure_is_a_band_around_its_mid(seed_run):
+    _, results, _ = seed_run
+    for run in results["runs"]:
+        figures = [run["handle_event"]["modeled_ns"], run["guest_nmi_handler"]["modeled_ns"],
+                   *(c["modeled_ns"] for c in run["perf_costs"].values())]
+        for m in figures:
+            assert set(m) >= {"mean", "p50", "p99", "min", "band"}
+            lo, hi = m["band"]
+            assert lo <= m["mean"] <= hi
+        he = run["handle_event"]
+        assert sum(he["modeled_by_param"].values()) == pytest.approx(he["modeled_ns"]["mean"])
+    always = next(r for r in results["runs"] if r["policy"] == "always")
+    lo, hi = always["handle_event"]["modeled_ns"]["band"]
+    assert lo < 0.9 * always["handle_event"]["modeled_ns"]["mean"] and hi > 1.1 * lo
+
+
+def test_table_and_explanation_show_mid_band_and_shares(tmp_path):
+    proc, results, _ = launch(tmp_path, "--policy", "always", "--pmis", "2", "--explain-costs",
+                              "--host-kernel", "6.12", "--cost", "invlpg=60:100:150")
+    assert proc.returncode == 0, proc.stderr
+    assert results["runs"][0]["host"]["kernel"] == "6.12"
+    out = proc.stdout
+    assert "modeled mean (band)" in out and "–" in out
+    assert "% of width" in out and "cacheline_transfer_remote" in out
+    assert "60 /        100 /        150  (default 50 / 100 / 200)" in out

@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from conftest import LAUNCHER, assert_no_process_left, launch
+from common.topology import preset
+from conftest import LAUNCH, assert_no_process_left, launch
+from kvm.migrate import Migrator
 
 pytestmark = pytest.mark.timeout(300)
 COMMON = ("--pmis", "10", "--host-preset", "small", "--max-modeled-ms", "3000")
@@ -49,8 +51,9 @@ def test_window_with_cpu_binding_oncpu_reprograms_elsewhere(tmp_path):
 def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
     proc, results, out = launch(tmp_path, *COMMON, "--policy", "always,oncpu",
                                 "--migrate", "to-busy:50", "--max-modeled-ms", "500")
-    assert proc.returncode == 0, proc.stdout + proc.stderr     # unavailable is not a failure
-    for run in results["runs"]:
+    assert proc.returncode == 4, proc.stdout + proc.stderr     # unavailable is not a failure,
+    for run in results["runs"]:                                # a short run is
+        assert f"INCOMPLETE [{run['policy']}]" in proc.stdout
         kinds = {v["kind"] for v in run["invariants"]["violations"]}
         assert kinds == {"counter_unavailable"}
         assert run["stop_reason"] == "max_modeled_ms"
@@ -59,6 +62,31 @@ def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
     oncpu = next(r for r in results["runs"] if r["policy"] == "oncpu")
     assert oncpu["handle_event"]["by_reason"] == {"reprogrammed_inactive": 1}
     assert_no_process_left(out)
+
+
+def test_to_busy_as_the_docs_show_it(tmp_path):
+    """The README's command: every policy loses the counter on the busy pCPU, reported as
+    counter_unavailable, and the run ends by its modeled-time budget (no PMI comes again)."""
+    proc, results, out = launch(tmp_path, "--migrate", "to-busy:3", "--max-modeled-ms", "500")
+    assert proc.returncode == 4, proc.stdout + proc.stderr     # ended by its budget: said so
+    assert len(results["runs"]) == 4
+    for run in results["runs"]:
+        assert f"INCOMPLETE [{run['policy']}]" in proc.stdout
+        assert set(run["invariants"]["by_kind"]) == {"counter_unavailable"}, run["policy"]
+        assert run["migrations_by_kind"] == {"to-busy": 1, "to-busy-return": 1}
+        assert run["stop_reason"] == "max_modeled_ms"
+    assert "VIOLATION" not in proc.stdout
+
+
+def test_to_busy_stays_k_time_slices_not_k_exits():
+    """The guest's PMI handler alone makes about eight exits: counted in exits, to-busy:3
+    would bring the vCPU home before it retired anything on the busy pCPU."""
+    slice_ns = 4_000_000
+    m = Migrator("to-busy:3", 0, 0, 1, preset("small"), [7], [], slice_ns)
+    assert m.decide(0, 10, 1_000_000, overflowed=True) == (7, "to-busy")
+    for exits in range(11, 100):                     # the handler, then slices on pCPU 7
+        assert m.decide(7, exits, 1_000_000 + (exits - 11) * 100_000, False) is None
+    assert m.decide(7, 100, 1_000_000 + 3 * slice_ns, False) == (0, "to-busy-return")
 
 
 @pytest.mark.parametrize("spec", ["every:7", "random:300"])
@@ -93,7 +121,7 @@ def test_overcommitted_vcpus_take_turns(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no thread affinity here")
 def test_real_affinity_is_applied_to_each_vcpu_thread(tmp_path):
     out = str(tmp_path / "run")
-    proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--pmis", "100000",
+    proc = subprocess.Popen([*LAUNCH, "--out", out, "--pmis", "100000",
                              "--policy", "oncpu", "--host-preset", "small", "--vcpus", "2",
                              "--pin", "0,5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -15,12 +15,13 @@ def frame(**fields):
 
 
 STRETCH = schema.Stretch(2000, {"instructions": 5000, "cycles": 2000}, [0, 1], [1000, 3])
-SAMPLES = schema.SampleSet(2, 30, 10, [10, 20])
+SAMPLES = schema.SampleSet(2, 30, 10, 20, 20, [10, 20])
 VCPU = schema.VcpuReport(
     0, 3, None, "oncpu", schema.HandleEventReport(SAMPLES, SAMPLES, {"skipped_active_here": 2},
-                                                  {"clock_read": 50}),
+                                                  {"clock_read": 2}),
     {"msr_write": 4}, {"create": 1}, 2, 0, 2, 5, {}, 0, schema.Affinity(99, 3, [1]), 0,
-    schema.Timings(SAMPLES, SAMPLES), {"wrmsr": 9}, 0, 1000, 900, 50, {})
+    schema.NmiHandlerReport(SAMPLES, SAMPLES, {"rdpmc": 2}, 400), {"wrmsr": 9}, 0, 1000, 900, 50,
+    {})
 GUEST_VCPU = schema.GuestVcpuReport(
     0, "pmis", None, 2, 2, [schema.GuestEventReport("record:instructions", "instructions", 20, 2,
                                                     10, 5, 5, 20)], 1, 0, 0, {"rdpmc": 2}, 0,
@@ -47,7 +48,7 @@ GUEST_VCPU = schema.GuestVcpuReport(
     schema.Error("bad_seq", "x", 4),
     schema.Report(1, schema.KvmReport("vm0", [VCPU])),
     schema.Report(1, schema.GuestReport("vm0", [GUEST_VCPU])),
-    schema.Report(1, schema.HostReport("skx-4s", 224, {"create": schema.OpCost(2, 1.5)}, 1,
+    schema.Report(1, schema.HostReport("skx-4s", 224, {"create": schema.OpCost(SAMPLES, {"perf_ctx_lock": 2})}, 1,
                                        {"reserve": 1}, {}, 3, 3, 0, 0, 0, {"0": 7}, {}, {})),
 ])
 def test_round_trip(body):

@@ -1,20 +1,29 @@
 """vpmu-emu's launcher: starts the host, KVM and guest processes, runs each policy, reports.
 
 It owns its children: each runs in its own process group with its log file in the run directory,
-its pid recorded there; shutdown is a ladder (a SHUTDOWN message, SIGTERM to the group, SIGKILL),
-and the exit code says how the run went: 0 complete with no invariant violated, 1 a check or an
-invariant failed, 2 or more an error.
+its pid recorded there; shutdown is a ladder (a SHUTDOWN message, SIGTERM to the group, SIGKILL).
+
+The exit code says how the run went, the first that applies of:
+  2  an error: bad configuration or --out, a process that died, went silent or got stuck
+  3  interrupted (Ctrl-C, SIGTERM): what was counted so far is in results.json
+  1  a guest program check or an invariant failed
+  4  incomplete: a vCPU stopped short of its target (a budget such as run.max_modeled_ms), so
+     the policies' columns hold different amounts of work; an INCOMPLETE line says which
+  0  every policy did all its work and nothing failed
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
+import shlex
 import signal
-import socket as pysocket
 import subprocess
 import sys
 import tempfile
@@ -22,26 +31,27 @@ import time
 
 import zmq
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from common import config, costs, kernels, logsetup, results, schema, security, transport
+from common.schema import MsgType
+from common.topology import PRESETS, preset
+from guest import program
+from guest.workload import PROFILES, Workload
+from host.perf import reservation_cycle
 
-from common import config, costs, logsetup, schema, security, transport  # noqa: E402
-from common.schema import MsgType  # noqa: E402
-from common.topology import preset  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout
+RUNS = os.path.join(ROOT if os.path.exists(os.path.join(ROOT, "pyproject.toml")) else
+                    os.getcwd(), "runs")                # where runs go without --out
 
-import report  # noqa: E402
-
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_INCOMPLETE = 0, 1, 2, 3, 4
 LOG = logging.getLogger("launcher")
 
 
 class LaunchError(Exception):
     """A failure a person must see: which process, what it was doing, the tail of its log."""
 
-    def __init__(self, message: str, lost: str | None = None):
+    def __init__(self, message: str, lost: tuple[str, ...] = ()):
         super().__init__(message)
-        self.lost = lost
+        self.lost = lost                 # processes not to ask for a partial report
 
 
 def parse_args(argv):
@@ -63,16 +73,21 @@ def parse_args(argv):
                     help="switch the guest's perf task with another task every N ms (0: never)")
     ap.add_argument("--guest-watchdog", choices=("on", "off"),
                     help="the guest's NMI watchdog (a cycles event on a counter)")
-    ap.add_argument("--host-preset", help="emulated host: skx-4s, bdx-2s, clx-2s, small")
+    ap.add_argument("--host-preset", help=f"emulated host: {', '.join(PRESETS)}")
     ap.add_argument("--watchdog", choices=("on", "off"), help="host NMI watchdog")
+    ap.add_argument("--host-kernel", dest="kernel", help="host kernel release whose code the "
+                    f"costs follow: {', '.join(kernels.KERNELS)} (default {kernels.DEFAULT})")
+    ap.add_argument("--x2apic", choices=("cluster", "physical"),
+                    help="x2APIC mode of the host (cluster unless firmware forces physical)")
     ap.add_argument("--cost", action="append", default=[], metavar="NAME=NS",
-                    help="override one cost parameter (repeatable)")
+                    help="override one cost parameter: NAME=NS or NAME=LOW:MID:HIGH (repeatable)")
     ap.add_argument("--max-exits", type=int, help="end a vCPU's run after N exits")
     ap.add_argument("--max-modeled-ms", type=int,
                     help="end a vCPU's run when its modeled clock passes N ms")
     ap.add_argument("--migrate", metavar="SPEC",
                     help="none, every:N (exits), random:RATE (per modeled second), window "
-                    "(between an overflow and the next entry), to-busy:K")
+                    "(between an overflow and the next entry), to-busy:K (at an overflow, to "
+                    "a pCPU whose counters are all held, for K time slices)")
     ap.add_argument("--event-binding", choices=("task", "cpu"),
                     help="task: events follow the vCPU thread (KVM); cpu: bound to the pCPU "
                     "where they were created (the RFC text's model)")
@@ -82,7 +97,10 @@ def parse_args(argv):
     ap.add_argument("--host-pinned", type=int,
                     help="host pinned events per pCPU competing for GP counters")
     ap.add_argument("--scenario", help="TOML scenario file (flags override it)")
-    ap.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    ap.add_argument("--out", help="run directory: a new or empty folder (default: a new folder "
+                    "under runs/)")
+    ap.add_argument("--force", action="store_true", default=None,
+                    help="--out names a folder that is not empty: make a fresh subfolder in it")
     ap.add_argument("--transport", choices=config.TRANSPORTS, help="ipc (default) or tcp")
     ap.add_argument("--timeout", type=int, dest="timeout_s",
                     help="seconds one policy's run may take before it is declared stuck")
@@ -96,6 +114,9 @@ def parse_args(argv):
                     help="over tcp, do not use CurveZMQ (every process logs that it is insecure)")
     ap.add_argument("--lost-after", type=float, metavar="S",
                     help="seconds without a heartbeat after which a process is declared lost")
+    ap.add_argument("--stuck-after", type=float, metavar="S",
+                    help="seconds without progress (exits served) after which a process whose "
+                    "heartbeat still arrives is declared stuck")
     ap.add_argument("--host-addr", metavar="ADDR", help="address the host process binds (tcp)")
     ap.add_argument("--kvm-addr", metavar="ADDR", help="address the KVM process binds (tcp)")
     ap.add_argument("--bind", metavar="ADDR",
@@ -104,14 +125,15 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def resolve_config(args) -> dict:
-    """Defaults, then the scenario file, then flags; refused with file, key and reason."""
+def resolve_config(args) -> tuple[dict, dict]:
+    """Defaults, then the scenario file, then flags; refused with file, key and reason. Also
+    the budgets derived from the work because neither the scenario nor a flag set them."""
     cfg = config.merge(config.DEFAULTS, {}, "defaults")
-    if args.scenario:
-        cfg = config.merge(cfg, config.load_scenario(args.scenario), args.scenario)
+    scenario = config.load_scenario(args.scenario) if args.scenario else {}
+    cfg = config.merge(cfg, scenario, args.scenario)
     flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}, "launch": {}}
-    for key in ("out", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
-                "explain_costs"):
+    for key in ("out", "force", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
+                "stuck_after", "explain_costs"):
         if getattr(args, key) is not None:
             flags["launch"][key] = getattr(args, key)
     if args.external is not None:
@@ -125,8 +147,8 @@ def resolve_config(args) -> dict:
                          ("context_switch_ms", "guest")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
-    for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"),
-                         ("event_binding", "host"), ("host_pinned", "host")):
+    for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"), ("kernel", "host"),
+                         ("x2apic", "host"), ("event_binding", "host"), ("host_pinned", "host")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
     if args.pin:
@@ -144,17 +166,68 @@ def resolve_config(args) -> dict:
         flags["host"]["watchdog"] = args.watchdog == "on"
     for item in args.cost:
         name, sep, ns = item.partition("=")
-        if not sep or not ns.strip().isdigit():
-            raise config.ConfigError("--cost", item, "expected NAME=NS with NS a whole number")
-        flags["costs"][name.strip()] = int(ns)
+        values = ns.split(":")
+        if not sep or len(values) not in (1, 3) or not all(v.strip().isdigit() for v in values):
+            raise config.ConfigError("--cost", item, "expected NAME=NS or NAME=LOW:MID:HIGH "
+                                     "with whole numbers of ns")
+        flags["costs"][name.strip()] = (int(ns) if len(values) == 1
+                                        else [int(v) for v in values])
     cfg = config.merge(cfg, {k: v for k, v in flags.items() if v}, "command line")
-    return config.validate(cfg, args.scenario or "command line")
+    given = {**scenario.get("run", {}), **flags["run"]}
+    if cfg["launch"]["explain_costs"] and "pmis" not in given:
+        cfg["run"]["pmis"] = 5                  # an explanation needs only a few PMIs
+    cfg = config.validate(cfg, args.scenario or "command line")
+    if cfg["run"]["guest_program"]:         # refused here, before any process starts
+        program.check_program(cfg["run"]["guest_program"])
+    derived = {k: v for k, v in default_budgets(cfg).items() if k not in given}
+    cfg["run"].update(derived)
+    return cfg, derived
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with pysocket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+# Default budgets. run.max_modeled_ms and run.max_exits end a vCPU's run that goes wrong (PMIs
+# that never come); they must never end one that is only expensive, or the columns of a
+# comparison would hold different amounts of work. Unless set, they are derived from the work
+# asked for (PMIs per vCPU), each term a stated worst case:
+GUEST_SLACK = 2              # guest time: the workload's IPC varies by +-10 % per slice
+RESERVATIONS_PER_PMI = 4     # host work per PMI, in host-PMU reservation cycles (the costliest
+#                              perf work, host.perf.reservation_cycle): always re-creates the
+#                              event in KVM's handler and again for the guest handler's
+#                              reprogramming, 2 cycles per PMI in the seed; twice that
+RESERVATIONS_PER_GUEST_MS = 1   # a guest that reprograms on its tick (frequency mode, rotation,
+#                                 context switches): at most one cycle per tick (HZ 1000)
+EXITS_PER_PMI = (8, 2)       # the guest's PMI handler: 8 exits, and 2 per overflowed event
+#                              (guest/driver.py handle_irq, with the host PMI and NMI window)
+EXITS_PER_TICK = (2, 4)      # a tick that reprograms: enable/disable all, 4 per event
+EXIT_SLACK = 2               # twice all that: a host timer exit may follow any other exit
+
+
+def default_budgets(cfg: dict) -> dict:
+    """run.max_modeled_ms and run.max_exits for the work of ``cfg`` (per vCPU); none (the fixed
+    defaults stay) for a guest program or a guest whose sessions take no samples."""
+    g, topo = cfg["guest"], preset(cfg["host"]["preset"])
+    sessions = [s for s in config.guest_sessions(cfg) if s["mode"] == "record"]
+    if cfg["run"]["guest_program"] or not sessions:
+        return {}
+    # what a billion instructions retire with them, and in how much guest time
+    retired = Workload(g["workload"], None, topo.ghz).derive(10**9)   # cycles, ref cycles
+    retired.update({k: PROFILES[g["workload"]][k] * 10**9 for k in
+                    ("branches", "branch_misses", "llc_refs", "llc_misses")})
+    span_ns = retired["cycles"] / topo.ghz
+    pmi_ns = min(1e9 / s["freq"] if "freq" in s else s["period"] * span_ns / retired[s["event"]]
+                 for s in sessions)                # the fastest session's PMIs alone
+    events = len(config.guest_sessions(cfg)) + g["watchdog"]
+    multiplexed = -(-events // topo.gp_counters)
+    guest_ms = cfg["run"]["pmis"] * pmi_ns * GUEST_SLACK * multiplexed / 1e6
+    ticking = any("freq" in s for s in sessions) or multiplexed > 1 or g["context_switch_ms"] > 0
+    cycle = reservation_cycle(topo, cfg["host"]["kernel"], cfg["host"]["x2apic"])
+    cycle_ms = cycle.total(costs.resolve(cfg["costs"], topo)) / 1e6
+    host_ms = cycle_ms * (cfg["run"]["pmis"] * RESERVATIONS_PER_PMI
+                          + ticking * guest_ms * RESERVATIONS_PER_GUEST_MS)
+    exits = (cfg["run"]["pmis"] * (EXITS_PER_PMI[0] + EXITS_PER_PMI[1] * events)
+             + guest_ms / cfg["vm"]["timeslice_ms"]
+             + ticking * guest_ms * (EXITS_PER_TICK[0] + EXITS_PER_TICK[1] * events))
+    return {"max_modeled_ms": math.ceil(guest_ms + host_ms),
+            "max_exits": math.ceil(EXIT_SLACK * exits)}
 
 
 class Child:
@@ -191,6 +264,13 @@ class Child:
                 pass
 
 
+def installed(role: str) -> list[str]:
+    """The command of a process as installed beside this interpreter (.venv/bin/vpmu-kvm), by
+    its absolute path: a command a person can paste without activating anything."""
+    script = os.path.join(os.path.dirname(sys.executable), f"vpmu-{role}")
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", role]
+
+
 class Launcher:
     def __init__(self, cfg: dict, run_dir: str):
         self.cfg = cfg
@@ -198,7 +278,7 @@ class Launcher:
         self.run_dir = run_dir
         self.sock_dir = tempfile.mkdtemp(prefix="vpmu-")       # short, private (0700)
         self.interrupted = False
-        self.lost_after = opts["lost_after"]
+        self.lost_after, self.stuck_after = opts["lost_after"], opts["stuck_after"]
         self.ctx = zmq.Context()
         tcp = cfg["run"]["transport"] == "tcp"
         keys = security.generate(run_dir) if tcp and not opts["insecure_tcp"] else None
@@ -212,16 +292,20 @@ class Launcher:
         self.control_ep = transport.bind(
             self.control.sock, f"tcp://{bind_addr}:*" if tcp else f"ipc://{self.sock_dir}/control")
         host_addr, kvm_addr = opts["host_addr"] or bind_addr, opts["kvm_addr"] or bind_addr
-        listen = {"host": f"tcp://{host_addr}:{free_port(host_addr)}" if tcp else
-                  f"ipc://{self.sock_dir}/host",
-                  "kvm": f"tcp://{kvm_addr}:0" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
+        # over tcp each process binds a port of its own choosing and reports it (a port picked
+        # here and bound later by another process could be taken in between)
+        listen = {"host": f"tcp://{host_addr}:*" if tcp else f"ipc://{self.sock_dir}/host",
+                  "kvm": f"tcp://{kvm_addr}:*" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
         external = tuple(opts["external"])
         self.beats: dict[str, float] = {}          # name -> when its last heartbeat came
+        self.progress: dict[str, tuple[int, str, float]] = {}   # name -> steps, last, since
+        self.run_started = 0.0
         self.lost: set[str] = set()                 # processes already known dead or silent
         self.next_beat = 0.0
         self.children = {}                       # the processes this launcher starts and owns
         self.external = {}                       # name -> command to run by hand elsewhere
-        for role, name in (("host", "host"), ("kvm", "kvm-vm0"), ("guest", "guest-vm0")):
+        self.roles = {"host": "host", "kvm-vm0": "kvm", "guest-vm0": "guest"}
+        for name, role in self.roles.items():
             cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name,
                    "--lost-after", str(opts["lost_after"])]
             if role in listen:
@@ -231,7 +315,7 @@ class Launcher:
             elif tcp:
                 cmd += ["--insecure"]
             if role in external:
-                self.external[name] = [f"vpmu-{role}", *cmd]
+                self.external[name] = [*installed(role), *cmd]
             else:
                 self.children[name] = Child(role, name, [sys.executable, "-m", role, *cmd,
                                                          "--exit-with-parent"],
@@ -248,7 +332,7 @@ class Launcher:
             json.dump({n: c.proc.pid for n, c in self.children.items()}, f)
         for name, cmd in self.external.items():
             say(f"  waiting for {name}; start it (with its own --listen address where it binds "
-                f"one) as:\n    {' '.join(cmd)}")
+                f"one) as:\n    {shlex.join(cmd)}")
         waiting = set(self.members)
         while waiting:
             name, msg = self.expect(MsgType.HELLO, waiting, 600 if self.external else 20)
@@ -279,7 +363,7 @@ class Launcher:
             name = peer.decode("latin1")
             if name.endswith(".hb") and name[:-3] in self.members:
                 if msg.type == MsgType.HEARTBEAT:
-                    self.beats[name[:-3]] = time.monotonic()
+                    self.heard(name[:-3], msg.body)
                 continue
             if name not in self.members:
                 self.errors.record("unknown_peer", msg.type.value, name)
@@ -299,12 +383,19 @@ class Launcher:
     def reply_error(self, peer: bytes, kind: str, detail: str) -> None:
         self.control.send(schema.Error(kind, detail), peer, droppable=True)
 
+    def heard(self, name: str, beat: schema.Heartbeat) -> None:
+        now = time.monotonic()
+        self.beats[name] = now
+        if self.progress.get(name, (None,))[0] != beat.progress:
+            self.progress[name] = (beat.progress, beat.doing, now)
+
     def watch(self, waiting_for: MsgType) -> None:
-        """Heartbeats to every process; a process that died or went silent ends the run."""
+        """Heartbeats to every process; a process that died, went silent or, while a run is
+        under way, stopped making progress ends the run."""
         for child in self.children.values():
             if not child.alive() and child.name not in self.lost:
                 raise LaunchError(f"process died while waiting for {waiting_for.value}:\n"
-                                  + child.describe_end(), lost=child.name)
+                                  + child.describe_end(), lost=(child.name,))
         now = time.monotonic()
         for name, seen in self.beats.items():
             if now - seen > self.lost_after and name not in self.lost:
@@ -312,11 +403,30 @@ class Launcher:
                          or self.children[name].alive() else "dead")
                 raise LaunchError(f"{name} stopped answering: no heartbeat for "
                                   f"{now - seen:.1f} s (process {state}); logs are in "
-                                  f"{self.run_dir}", lost=name)
+                                  f"{self.run_dir}", lost=(name,))
+        if waiting_for == MsgType.DONE:
+            self.check_stuck(now)
         if now >= self.next_beat:
             self.next_beat = now + 0.5
             for name in self.beats:
                 self.control.send(schema.Heartbeat(0), f"{name}.hb".encode(), droppable=True)
+
+    def check_stuck(self, now: float) -> None:
+        """The processes that step on every exit (KVM and guest: one makes it, the other serves
+        it) have heartbeats that arrive but steps that have not moved for --stuck-after seconds
+        of a run: they are stuck, and their last steps say where (the exit the guest made, the
+        one KVM was serving). While either moves, the run goes on."""
+        idle = [(now - max(since, self.run_started), name, steps, doing)
+                for name, (steps, doing, since) in sorted(self.progress.items())
+                if self.roles[name] in ("kvm", "guest")]
+        if not idle or min(idle)[0] <= self.stuck_after:
+            return
+        steps = "".join(f"  {name}: {n:,} steps, the last {t:.1f} s ago: {doing}\n" if n else
+                        f"  {name}: no step yet\n" for t, name, n, doing in idle)
+        raise LaunchError(f"stuck: {' and '.join(n for _, n, _, _ in idle)} made no progress "
+                          f"for {self.stuck_after:g} s while their heartbeats arrived "
+                          f"(--stuck-after; raise it if a run is only slow)\n{steps}"
+                          f"  logs are in {self.run_dir}", lost=tuple(n for _, n, _, _ in idle))
 
     def configure(self, name: str, run: int, cfg: dict, peers: dict) -> dict:
         self.control.send(schema.Configure(run, cfg, peers), name.encode())
@@ -328,6 +438,7 @@ class Launcher:
         host_eps = self.configure("host", run, cfg, {})
         kvm_eps = self.configure("kvm-vm0", run, cfg, {"perf": host_eps["perf"]})
         self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"], "kvm": "kvm-vm0"})
+        self.run_started = time.monotonic()
         self.control.send(schema.Start(run), b"guest-vm0")
         try:
             reason = self.expect(MsgType.DONE, {"guest-vm0"},
@@ -338,9 +449,11 @@ class Launcher:
                    for name in ("guest-vm0", "kvm-vm0", "host")}
         wall = time.monotonic() - t0
         by_kind = lambda kind: [r for r in reports.values() if isinstance(r, kind)]  # noqa: E731
-        self.runs.append(report.build_run(policy, cfg, preset(cfg["host"]["preset"]),
-                                          reports["host"], by_kind(schema.KvmReport),
-                                          by_kind(schema.GuestReport), wall, reason))
+        run_result = results.build_run(policy, cfg, preset(cfg["host"]["preset"]),
+                                       reports["host"], by_kind(schema.KvmReport),
+                                       by_kind(schema.GuestReport), wall, reason)
+        run_result["incomplete"] = results.incomplete(run_result, self.cfg)
+        self.runs.append(run_result)
         if reason == "interrupted":
             raise KeyboardInterrupt
 
@@ -349,11 +462,10 @@ class Launcher:
         self.control.send(schema.Finish(run), name.encode())
         return self.expect(MsgType.REPORT, {name}, timeout_s, interruptible=False)[1].body.stats
 
-    def collect_partial(self, run: int, lost: str | None) -> dict:
+    def collect_partial(self, run: int, lost: tuple[str, ...]) -> dict:
         """After a failure: what the processes still alive counted so far."""
         reports = {}
-        if lost:
-            self.lost.add(lost)
+        self.lost.update(lost)
         for name in self.members - self.lost:
             if name in self.children and not self.children[name].alive():
                 continue
@@ -398,37 +510,140 @@ def say(*args, **kwargs) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def write_atomic(path: str, data: dict) -> None:
+def write_atomic(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def new_run_dir(out: str | None) -> str:
-    path = out or os.path.join(ROOT, "runs", time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+class RunDirRefused(Exception):
+    """--out names something a run must not write into."""
+
+
+def make_private_dirs(path: str) -> None:
+    """Create ``path`` and its missing parents, each 0700 (whatever the umask); a folder that
+    already exists is never touched."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)          # ours: just made, so its mode is ours to set
+
+
+def new_run_dir(out: str, force: bool) -> str:
+    """The run directory: ``out`` if it is new or an empty folder (left as it is), a fresh
+    subfolder of a non-empty ``out`` with ``force``, else a new folder under ``runs/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    if not out:
+        path = os.path.join(RUNS, stamp)
+    elif not os.path.lexists(out):
+        path = out
+    elif not os.path.isdir(out):
+        raise RunDirRefused(f"--out {out}: exists and is not a directory")
+    elif not os.listdir(out):
+        return out
+    elif force:
+        path = os.path.join(out, f"run-{stamp}")
+    else:
+        raise RunDirRefused(f"--out {out}: exists and is not empty; name a new folder, or add "
+                            "--force to make a fresh subfolder inside it")
+    make_private_dirs(path)
     return path
 
 
-def main(argv=None) -> int:
+def replay_config(cfg: dict, derived: dict) -> str:
+    """config.toml: the resolved configuration as a scenario file, without where the run went
+    (replaying it must not write into this run) and without budgets derived from the work
+    (a replay derives them again); files it names are absolute, to replay from anywhere."""
+    launch = {k: v for k, v in cfg["launch"].items() if k not in ("out", "force")}
+    run = {k: v for k, v in cfg["run"].items() if k not in derived}
+    run["policies"] = [os.path.abspath(p) if p.endswith(".py") else p for p in run["policies"]]
+    run["guest_program"] = run["guest_program"] and os.path.abspath(run["guest_program"])
+    note = "".join(f"# run.{k} = {v} was derived from the work (see docs/operations.md)\n"
+                   for k, v in derived.items())
+    return (f"# vpmu-emu run configuration: replay with --scenario (and --out NEW_FOLDER)\n{note}"
+            + config.to_toml(dict(cfg, run=run, launch=launch)))
+
+
+def provenance(argv: list[str]) -> dict:
+    """What produced a results.json: the emulator's version and commit, when, which command."""
+    try:
+        version = importlib.metadata.version("vpmu-emu")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    commit = "unknown"
+    if os.path.exists(os.path.join(ROOT, ".git")):
+        try:
+            git = ["git", "-C", ROOT]
+            commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                    timeout=10, check=True).stdout.strip()
+            if subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                              capture_output=True, text=True, timeout=10).stdout.strip():
+                commit += "-dirty"
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    return {"version": version, "commit": commit,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join(["vpmu-launch", *argv])}
+
+
+def banner(cfg: dict, derived: dict, run_dir: str) -> str:
+    """What runs: the host, the VM, what the guest does and until when, where the run goes."""
+    run, g = cfg["run"], cfg["guest"]
+    if run["guest_program"]:
+        guest = f"guest program {os.path.basename(run['guest_program'])} on every vCPU"
+    else:
+        sessions = config.guest_sessions(cfg)
+        record = [f"perf record -e {s['event']} " + (f"-F {s['freq']:,}" if "freq" in s else
+                                                     f"-c {s['period']:,}")
+                  for s in sessions if s["mode"] == "record"]
+        stat = [s["event"] for s in sessions if s["mode"] == "stat"]
+        guest = "guest runs " + ", ".join(record + ([f"perf stat -e {','.join(stat)}"] if stat
+                                                    else [])
+                                          + (["the NMI watchdog"] if g["watchdog"] else []))
+        guest += f", {run['pmis']:,} PMIs per vCPU"
+    budgets = (f"budgets per vCPU {run['max_modeled_ms']:,} ms modeled, {run['max_exits']:,} "
+               f"exits{' (derived from the work)' if derived else ''}")
+    return (f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, host kernel "
+            f"{cfg['host']['kernel']}, x2APIC {cfg['host']['x2apic']}, watchdog "
+            f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); "
+            f"{guest}; {budgets}; run directory {run_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """vpmu-launch (scripts/launch): run the scenario under each policy; the exit code is one of
+    the EXIT_* codes in the module docstring."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    made_by = provenance(argv)
     args = parse_args(argv)
     try:
-        cfg = resolve_config(args)
+        cfg, derived = resolve_config(args)
     except config.ConfigError as exc:
         print(f"launch: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        run_dir = new_run_dir(cfg["launch"]["out"], cfg["launch"]["force"])
+        write_atomic(os.path.join(run_dir, "config.toml"), replay_config(cfg, derived))
+        return launch(cfg, derived, run_dir, made_by)
+    except RunDirRefused as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"launch: {where}{exc.strerror or exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def launch(cfg: dict, derived: dict, run_dir: str, made_by: dict) -> int:
+    """Start the processes, run each policy, shut down, report; the exit code."""
     explain = cfg["launch"]["explain_costs"]
-    if explain and args.pmis is None:
-        cfg["run"]["pmis"] = 5
     if explain:
-        say(report.cost_table(costs.resolve(cfg["costs"])) + "\n")
-    run_dir = new_run_dir(cfg["launch"]["out"])
+        say(results.cost_table(cfg) + "\n")
     logsetup.setup("launcher", run_dir)
-    write_atomic(os.path.join(run_dir, "config.json"), cfg)
     launcher = Launcher(cfg, run_dir)
 
     def on_signal(signum, frame):
@@ -436,60 +651,52 @@ def main(argv=None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
 
-    results = {"complete": False, "scenario": cfg, "run_dir": run_dir, "runs": launcher.runs,
+    outcome = {"complete": False, "produced_by": made_by, "scenario": cfg,
+               "derived_budgets": derived, "run_dir": run_dir, "runs": launcher.runs,
                "error": None}
     code = EXIT_OK
-    say(f"vpmu-emu: {preset(cfg['host']['preset']).describe()}, watchdog "
-          f"{'on' if cfg['host']['watchdog'] else 'off'}; {cfg['vm']['vcpus']} vCPU(s); guest "
-          f"samples {cfg['guest']['event']} every {cfg['guest']['period']:,}; "
-          f"{cfg['run']['pmis']} PMIs per vCPU; run directory {run_dir}")
+    say(banner(cfg, derived, run_dir))
     try:
         launcher.start()
         for run, policy in enumerate(cfg["run"]["policies"]):
             say(f"  running policy {policy} ...")
             launcher.run_policy(run, policy)
-        results["complete"] = True
+        outcome["complete"] = True
     except KeyboardInterrupt:
-        results["error"] = "interrupted"
+        outcome["error"] = "interrupted"
         code = EXIT_INTERRUPTED
     except (LaunchError, transport.PeerLost) as exc:
-        results["error"] = str(exc)
+        outcome["error"] = str(exc)
         print(f"launch: {exc}", file=sys.stderr)
         code = EXIT_ERROR
-        results["partial_reports"] = launcher.collect_partial(
-            len(launcher.runs), getattr(exc, "lost", None))
+        outcome["partial_reports"] = launcher.collect_partial(
+            len(launcher.runs), getattr(exc, "lost", ()))
     finally:
-        results["exit_codes"] = launcher.shutdown(results["error"] or "run complete",
+        outcome["exit_codes"] = launcher.shutdown(outcome["error"] or "run complete",
                                                   failed=code == EXIT_ERROR)
-        results["launcher_protocol_errors"] = dict(launcher.errors.counts)
-        write_atomic(os.path.join(run_dir, "results.json"), results)
-    if results["runs"]:
+        outcome["launcher_protocol_errors"] = dict(launcher.errors.counts)
+        write_atomic(os.path.join(run_dir, "results.json"), json.dumps(outcome, indent=1))
+    if outcome["runs"]:
         say()
-        say(report.table(results["runs"]))
-    for r in results["runs"]:
-        for c in r.get("guest_program", {}).get("checks", []):
-            say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
-                  f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
-        shown: dict[str, int] = {}
-        for v in report.failed_checks(r):
-            shown[v["kind"]] = shown.get(v["kind"], 0) + 1
-            if shown[v["kind"]] <= report.SHOW_PER_KIND:
-                say(f"  VIOLATION [{r['policy']}] {v['kind']} vcpu {v['vcpu']} counter "
-                      f"{v['counter']}: {v['detail']}")
-        for kind, n in shown.items():
-            if n > report.SHOW_PER_KIND:
-                say(f"  VIOLATION [{r['policy']}] {kind}: {n - report.SHOW_PER_KIND} more "
-                      "(all in results.json)")
+        say(results.table(outcome["runs"]))
+    short = [r["incomplete"] for r in outcome["runs"] if r["incomplete"]]
+    for line in short:
+        say(f"  {line}")
+    for r in outcome["runs"]:
+        for line in results.check_lines(r):
+            say(f"  {line}")
     if explain:
-        for r in results["runs"]:
-            say("\n" + report.breakdown(r))
-    unclean = {n: c for n, c in results["exit_codes"].items() if c != 0}
+        for r in outcome["runs"]:
+            say("\n" + results.breakdown(r, cfg))
+    unclean = {n: c for n, c in outcome["exit_codes"].items() if c != 0}
     if code == EXIT_OK and unclean:
         say(f"launch: processes did not exit cleanly: {unclean} (negative: killed by that "
             "signal)", file=sys.stderr)
         code = EXIT_ERROR
-    if code == EXIT_OK and any(report.failed_checks(r) for r in results["runs"]):
+    if code == EXIT_OK and any(results.failed_checks(r) for r in outcome["runs"]):
         code = EXIT_CHECK_FAILED
+    if code == EXIT_OK and short:
+        code = EXIT_INCOMPLETE
     say(f"\nresults: {os.path.join(run_dir, 'results.json')}")
     return code
 

@@ -42,7 +42,27 @@ def arg_parser(role: str) -> argparse.ArgumentParser:
     return ap
 
 
-class Service:
+class Progress:
+    """What this process has done, for its heartbeats: a count of steps (each exit a vCPU
+    thread serves or makes) that only grows, and the last step. The vCPU threads step it without
+    a lock: the launcher needs to see the count move, not an exact total."""
+
+    def __init__(self):
+        self.count = 0
+        self.doing = ""
+        self.stall = False              # fault switch <role>_stall: stop at the first step
+
+    def step(self, doing: str) -> None:
+        self.count += 1
+        self.doing = doing
+        while self.stall:               # a stuck thread whose process still beats
+            time.sleep(1)
+
+
+PROGRESS = Progress()                   # this process's
+
+
+class Process:
     def __init__(self, role: str, args: argparse.Namespace):
         self.role, self.name = role, args.name
         os.makedirs(args.run_dir, exist_ok=True)
@@ -58,7 +78,7 @@ class Service:
         self.parent = os.getppid() if args.exit_with_parent else None
         self.stopping = False
         self.errors = transport.ErrorLog(self.log)
-        self.progress = 0
+        PROGRESS.stall = role in ("kvm", "guest") and faults.active(f"{role}_stall")
         self.heartbeat = Heartbeat(self, args.control, args.lost_after)
         self.deaf = faults.active("ignore_shutdown")
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,9 +159,10 @@ class Service:
 
 class Heartbeat(threading.Thread):
     """Heartbeats to and from the launcher on a link of their own, so that a busy process and a
-    dead one look different: each beat carries the process's progress."""
+    dead one look different: each beat carries the process's progress (``PROGRESS``), so that a
+    stuck one and a busy one do too."""
 
-    def __init__(self, svc: Service, control_ep: str, lost_after: float):
+    def __init__(self, svc: Process, control_ep: str, lost_after: float):
         super().__init__(name="heartbeat", daemon=True)
         self.svc, self.lost_after = svc, lost_after
         self.chan = transport.Channel(transport.socket(svc.ctx, zmq.DEALER, f"{svc.name}.hb"))
@@ -156,7 +177,7 @@ class Heartbeat(threading.Thread):
         try:
             while not self.stop.is_set():
                 if not self.silenced:
-                    self.chan.send(schema.Heartbeat(self.svc.progress))
+                    self.chan.send(schema.Heartbeat(PROGRESS.count, PROGRESS.doing))
                 deadline = time.monotonic() + HEARTBEAT_S
                 while time.monotonic() < deadline and not self.stop.is_set():
                     try:

@@ -4,12 +4,19 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from common import schema
+from common import costs, schema
 from common.stats import summary
+from common.topology import preset
 
 # Violations that do not fail a run: the host explains them (see classify).
 EXPLAINED_VIOLATIONS = ("counter_unavailable",)
 SHOW_PER_KIND = 5
+TARGETS = ("pmis", "program_done")          # how a vCPU's run ends when it did all its work
+OWN_LINES = ("program_error", "interrupted")   # ends that are reported (and exit) otherwise
+BUDGETS = {"max_modeled_ms": ("ms of modeled time", "--max-modeled-ms"),
+           "max_exits": ("exits", "--max-exits")}
+SHORT = {"error": "a vCPU failed (its process's log says why)",
+         "stopped": "the launcher stopped it"}
 
 
 def add_counts(dicts) -> dict:
@@ -25,10 +32,12 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
     """One run of results.json from the reports of the host and of each VM's KVM and guest."""
     kv = [v for k in kvms for v in k.vcpus]
     gv = [v for g in guests for v in g.vcpus]
-    calls = sum(v.handle_event.modeled_ns.count for v in kv)
+    low, mid, high = costs.bands(cfg["costs"], topo)
+    modeled = [v.handle_event.modeled_ns for v in kv]
+    calls = sum(m.count for m in modeled)
     by_reason = add_counts(v.handle_event.by_reason for v in kv)
     by_cause = add_counts(v.reprogram_counter for v in kv)
-    by_param = add_counts(v.handle_event.modeled_ns_by_param for v in kv)
+    he_counts = add_counts(v.handle_event.ledger for v in kv)
     exits = add_counts(v.exits for v in kv)
     migrations = add_counts(v.migrations for v in kv)
     violations = classify(guests, host.unavailable)
@@ -36,23 +45,28 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
     guest_ns = sum(v.modeled_guest_ns for v in kv)
     other_ns = sum(v.modeled_other_exits_ns for v in kv)
     events = [e for v in gv for e in v.events]
+    nmi = [v.nmi_handler for v in kv]
     return {
         "policy": kv[0].policy if kv else policy,
-        "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"]},
+        "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"],
+                 "kernel": cfg["host"]["kernel"], "x2apic": cfg["host"]["x2apic"]},
         "vms": len(kvms), "vcpus": len(kv),
         "handle_event": {
             "calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
             "skipped": sum(n for r, n in by_reason.items() if r.startswith("skipped")),
             "measured_ns": summary([v.handle_event.measured_ns for v in kv]),
-            "modeled_ns": summary([v.handle_event.modeled_ns for v in kv]),
+            "modeled_ns": with_band(modeled, he_counts, low, high),
             "by_reason": by_reason,
-            "modeled_by_param": {k: v / calls for k, v in sorted(by_param.items())}
+            "counts_per_call": {k: n / calls for k, n in sorted(he_counts.items())}
+            if calls else {},
+            "modeled_by_param": {k: n * mid[k] / calls for k, n in sorted(he_counts.items())}
             if calls else {}},
         "reprogram_counter": {"calls": sum(by_cause.values()),
                               "by_cause": {"handle_event": 0, "msr_write": 0, **by_cause}},
         "perf_calls": add_counts(v.perf_calls for v in kv),
-        "perf_costs_modeled_ns": {op: dataclasses.asdict(c)
-                                  for op, c in host.perf_costs_modeled_ns.items()},
+        "perf_costs": {op: {"calls": c.modeled_ns.count,
+                            "modeled_ns": with_band([c.modeled_ns], c.ledger, low, high)}
+                       for op, c in host.perf_costs.items()},
         "pmis": {"overflows": sum(v.overflows for v in kv),
                  "injected": sum(v.injected for v in kv),
                  "handled": sum(v.pmis_handled for v in gv)},
@@ -63,8 +77,11 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
         "guest_ticks": sum(v.ticks for v in gv),
         "guest_rotations": sum(v.rotations for v in gv),
         "guest_context_switches": sum(v.context_switches for v in gv),
-        "guest_nmi_handler": {"measured_ns": summary([v.nmi_handler.measured_ns for v in kv]),
-                              "modeled_ns": summary([v.nmi_handler.modeled_ns for v in kv])},
+        "guest_nmi_handler": {
+            "measured_ns": summary([n.measured_ns for n in nmi]),
+            "modeled_ns": with_band([n.modeled_ns for n in nmi],
+                                    add_counts(n.ledger for n in nmi), low, high,
+                                    sum(n.guest_ns for n in nmi))},
         "timeslices": sum(v.timeslices for v in kv),
         "entry_retries": sum(v.entry_retries for v in kv),
         "exits": {"total": sum(exits.values()), "by_reason": exits},
@@ -90,6 +107,30 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
         **({"guest_program": program_result(gv)} if cfg["run"]["guest_program"] else {}),
         "wall_s": round(wall_s, 3),
     }
+
+
+def with_band(parts: list[schema.SampleSet], counts: dict, low: dict, high: dict,
+              fixed_ns: int = 0) -> dict:
+    """mean / p50 / p99 / min of the modeled samples (mid values) and the band of the mean: the
+    same counts at every parameter's low and high value (``fixed_ns``: guest time, no range)."""
+    out = summary(parts)
+    n = sum(p.count for p in parts)
+    lo, hi = costs.band_of_mean(counts, n, low, high)
+    extra = fixed_ns / n if n else 0
+    return dict(out, band=[lo + extra, hi + extra])
+
+
+def incomplete(run: dict, cfg: dict) -> str | None:
+    """One line when a vCPU of ``run`` stopped short of its target (a budget, a failure): its
+    column then holds less work than the others. None when every vCPU did all its work."""
+    short = sorted(set(run["stop_reason"].split(",")) - {*TARGETS, *OWN_LINES})
+    if not short:
+        return None
+    done = (f"{run['exits']['total']:,} exits made" if cfg["run"]["guest_program"] else
+            f"{run['pmis']['handled']:,} of {cfg['run']['pmis'] * run['vcpus']:,} PMIs handled")
+    why = "; ".join(f"run.{r} = {cfg['run'][r]:,} {BUDGETS[r][0]} per vCPU reached (raise it "
+                    f"with {BUDGETS[r][1]})" if r in BUDGETS else SHORT.get(r, r) for r in short)
+    return f"INCOMPLETE [{run['policy']}] stopped before its target, {done}: {why}"
 
 
 def classify(guests: list[schema.GuestReport], unavailable: dict) -> list[dict]:
@@ -119,9 +160,13 @@ def classify(guests: list[schema.GuestReport], unavailable: dict) -> list[dict]:
 
 
 def program_result(guest_vcpus: list[schema.GuestVcpuReport]) -> dict:
+    """Checks of every vCPU, and the exception of each vCPU whose ``main`` raised one, with the
+    program's own traceback frames (innermost last)."""
     checks = [dict(dataclasses.asdict(c), vcpu=v.vcpu) for v in guest_vcpus for c in v.checks]
-    errors = [f"vcpu {v.vcpu}: {v.program_error}" for v in guest_vcpus if v.program_error]
-    return {"checks": checks, "error": "; ".join(errors) or None}
+    failed = [{"vcpu": v.vcpu, **dataclasses.asdict(v.program_error)}
+              for v in guest_vcpus if v.program_error]
+    return {"checks": checks, "errors": failed,
+            "error": "; ".join(f"vcpu {f['vcpu']}: {f['error']}" for f in failed) or None}
 
 
 def failed_checks(run: dict) -> list[dict]:
@@ -138,27 +183,63 @@ def failed_checks(run: dict) -> list[dict]:
     return bad
 
 
-def cost_table(values: dict[str, int]) -> str:
-    """The cost parameters of the run, with their reasons."""
-    from common.costs import PARAMS
-    width = max(map(len, PARAMS))
-    lines = ["cost parameters (ns; override with --cost NAME=NS or a [costs] table):"]
-    for name, p in PARAMS.items():
-        mark = "" if values[name] == p.ns else f"  (default {p.ns:,})"
-        lines.append(f"  {name.ljust(width)} {values[name]:>12,}{mark}\n"
-                     f"  {''.ljust(width)} {'':>12} {p.reason}")
+def check_lines(run: dict) -> list[str]:
+    """A guest program's PASS and FAIL lines, then the VIOLATION lines (a few of each kind)."""
+    def where(x):                     # what a line applies to, where it applies to something
+        return "".join(f" {k} {x[k]}" for k in ("vcpu", "counter") if x.get(k) is not None)
+
+    policy = run["policy"]
+    lines = [f"{'PASS' if c['passed'] else 'FAIL'} [{policy}]{where(c)} {c['name']}"
+             + (f": {c['detail']}" if c["detail"] else "")
+             for c in run.get("guest_program", {}).get("checks", [])]
+    lines += [f"FAIL [{policy}]{where(e)} main raised {e['error']}"
+              + "".join(f"\n      {frame}" for frame in e["traceback"])
+              for e in run.get("guest_program", {}).get("errors", [])]
+    shown: collections.Counter = collections.Counter()
+    for v in failed_checks(run):
+        shown[v["kind"]] += 1
+        if shown[v["kind"]] <= SHOW_PER_KIND:
+            lines.append(f"VIOLATION [{policy}] {v['kind']}{where(v)}: {v['detail']}")
+    lines += [f"VIOLATION [{policy}] {kind}: {n - SHOW_PER_KIND} more (all in results.json)"
+              for kind, n in shown.items() if n > SHOW_PER_KIND]
+    return lines
+
+
+def cost_table(cfg: dict) -> str:
+    """The cost parameters of the run: low, mid, high, what each stands for and its sources."""
+    topo = preset(cfg["host"]["preset"])
+    table = costs.table(topo)
+    low, mid, high = costs.bands(cfg["costs"], topo)
+    width = max(map(len, table))
+    lines = [f"cost parameters for {topo.name} (ns: low / mid / high; override with --cost "
+             "NAME=NS or NAME=LOW:MID:HIGH, or a [costs] table):"]
+    for name, p in table.items():
+        mark = "" if (low[name], mid[name], high[name]) == (p.low, p.mid, p.high) else \
+            f"  (default {p.low:,} / {p.mid:,} / {p.high:,})"
+        lines.append(f"  {name.ljust(width)} {low[name]:>10,} / {mid[name]:>10,} / "
+                     f"{high[name]:>10,}{mark}\n"
+                     f"  {''.ljust(width)} {p.what}\n  {''.ljust(width)} source: {p.source}")
     return "\n".join(lines)
 
 
-def breakdown(run: dict) -> str:
-    """Where one kvm_pmu_handle_event's modeled time came from, mechanism by mechanism."""
-    by_param = run["handle_event"]["modeled_by_param"]
-    total = sum(by_param.values())
+def breakdown(run: dict, cfg: dict) -> str:
+    """Where one kvm_pmu_handle_event's modeled time came from, mechanism by mechanism: each
+    one's share of the mid figure and of the band's width."""
+    per_call = run["handle_event"]["counts_per_call"]
+    low, mid, high = costs.bands(cfg["costs"], preset(run["host"]["preset"]))
+    total = sum(n * mid[k] for k, n in per_call.items())
     if not total:
         return f"[{run['policy']}] no kvm_pmu_handle_event call to explain"
-    lines = [f"[{run['policy']}] one kvm_pmu_handle_event: {total:,.0f} ns modeled"]
-    for name, ns in sorted(by_param.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {name:34} {ns:>16,.0f} ns  {100 * ns / total:6.2f} %")
+    width = sum(n * (high[k] - low[k]) for k, n in per_call.items()) or 1
+    lo, hi = run["handle_event"]["modeled_ns"]["band"]
+    lines = [f"[{run['policy']}] one kvm_pmu_handle_event: {fmt_ns(total)} mid, band "
+             f"{fmt_ns(lo)} - {fmt_ns(hi)}",
+             f"  {'parameter':34} {'count':>12} {'mid ns':>14} {'% of mid':>9} "
+             f"{'width ns':>14} {'% of width':>10}"]
+    for k, n in sorted(per_call.items(), key=lambda kv: -kv[1] * mid[kv[0]]):
+        w = n * (high[k] - low[k])
+        lines.append(f"  {k:34} {n:>12,.1f} {n * mid[k]:>14,.0f} {100 * n * mid[k] / total:>8.2f}%"
+                     f" {w:>14,.0f} {100 * w / width:>9.2f}%")
     return "\n".join(lines)
 
 
@@ -170,28 +251,46 @@ def fmt_ns(ns: float) -> str:
     return f"{ns:,.0f} ns"
 
 
+def fmt_band(m: dict) -> str:
+    """A modeled figure as mid (low-high)."""
+    lo, hi = m["band"]
+    return f"{fmt_ns(m['mean'])} ({fmt_ns(lo)}–{fmt_ns(hi)})"
+
+
 def table(runs: list[dict]) -> str:
     """The side-by-side comparison a run prints."""
     def he(r, key, stat):
         return r["handle_event"][key][stat]
+
+    def op(r, name):
+        c = r["perf_costs"].get(name)
+        return fmt_band(c["modeled_ns"]) if c else "-"
+
+    def spread(key):
+        return lambda r: " / ".join(fmt_ns(he(r, key, stat)) for stat in ("p50", "p99", "max"))
+
+    def first_steady(key):       # a one-time cost (the first event creation) apart
+        return lambda r: f"{fmt_ns(he(r, key, 'first'))} / {fmt_ns(he(r, key, 'steady')['mean'])}"
 
     rows = [
         ("kvm_pmu_handle_event calls", lambda r: f"{r['handle_event']['calls']:,}"),
         ("  reprogrammed / skipped", lambda r: f"{r['handle_event']['reprogrammed']:,} / "
                                              f"{r['handle_event']['skipped']:,}"),
         ("  measured mean", lambda r: fmt_ns(he(r, "measured_ns", "mean"))),
-        ("  measured p50 / p99", lambda r: f"{fmt_ns(he(r, 'measured_ns', 'p50'))} / "
-                                         f"{fmt_ns(he(r, 'measured_ns', 'p99'))}"),
-        ("  modeled mean", lambda r: f"{he(r, 'modeled_ns', 'mean'):,.0f} ns"),
-        ("  modeled p50 / p99", lambda r: f"{fmt_ns(he(r, 'modeled_ns', 'p50'))} / "
-                                        f"{fmt_ns(he(r, 'modeled_ns', 'p99'))}"),
-        ("guest NMI handler modeled mean", lambda r: fmt_ns(
-            r["guest_nmi_handler"]["modeled_ns"]["mean"])),
+        ("  measured p50 / p99 / max", spread("measured_ns")),
+        ("  measured first / steady mean", first_steady("measured_ns")),
+        ("  modeled mean (band)", lambda r: fmt_band(r["handle_event"]["modeled_ns"])),
+        ("  modeled p50 / p99 / max", spread("modeled_ns")),
+        ("  modeled first / steady mean", first_steady("modeled_ns")),
+        ("guest NMI handler modeled (band)", lambda r: fmt_band(
+            r["guest_nmi_handler"]["modeled_ns"])),
         ("reprogram_counter calls", lambda r: f"{r['reprogram_counter']['calls']:,}"),
         ("perf create / release / read", lambda r: "{create:,} / {release:,} / {read:,}".format(
             **r["perf_calls"])),
         ("perf pause / period / enable", lambda r: "{pause:,} / {period:,} / {enable:,}".format(
             **r["perf_calls"])),
+        ("  create modeled (band)", lambda r: op(r, "create")),
+        ("  release modeled (band)", lambda r: op(r, "release")),
         ("host PMU reservations (0->1)", lambda r: f"{r['host_perf']['refcount_crossings']['reserve']:,}"),
         ("overflows / PMIs injected / handled", lambda r: "{overflows:,} / {injected:,} / "
                                                          "{handled:,}".format(**r["pmis"])),
