@@ -96,7 +96,7 @@ def sign_extend_32(value: int) -> int:
     return value | (U64 ^ 0xFFFFFFFF) if value & 0x80000000 else value
 
 
-# --- which counter an MSR or an RDPMC ECX names ----------------------------------------------------
+# --- which counter an MSR or an RDPMC ECX names ---------------------------------------------------
 
 def counter_msr(index: int) -> tuple[int, str] | None:
     """The counter a counter MSR names and how a write to it is taken, or None for another MSR.
@@ -151,7 +151,7 @@ def rdpmc_ecx(idx: int) -> int:
     return RDPMC_FIXED | (idx - FIXED_IDX_BASE) if idx >= FIXED_IDX_BASE else idx
 
 
-# --- whether a counter counts ----------------------------------------------------------------------
+# --- whether a counter counts ---------------------------------------------------------------------
 
 def locally_enabled(idx: int, config: int) -> bool:
     """The counter's own enable: EN of a GP counter's event select, OS or USR of a fixed

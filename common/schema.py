@@ -133,7 +133,7 @@ class Error:
     ref: int = -1                  # id or seq of the message the error answers, -1 if none
 
 
-# --- KVM vCPU thread <-> host -----------------------------------------------------------------------
+# --- KVM vCPU thread <-> host ---------------------------------------------------------------------
 # A vCPU thread asks the host for one of three things: a perf API call (PerfCall), a scheduling of
 # its task (Sched), or only the counting of what the guest retired (Account). Each carries the
 # guest events retired on the pCPU since the last request, which the host counts first (the
@@ -353,7 +353,7 @@ class Entry:
     value: int
     gp: bool
     budget: dict
-    values: list = dataclasses.field(default_factory=list)   # CPUID: eax, ebx, ecx, edx
+    values: list[int] = dataclasses.field(default_factory=list)   # CPUID: eax, ebx, ecx, edx
     nmi_window: bool = False       # an NMI waits for the guest's IRET: exit when NMIs unblock
     stop: str = ""                 # the run's budget is spent: the guest must stop (the reason)
     filtered: list[FilteredBudget] = dataclasses.field(default_factory=list)   # HostReply's
@@ -366,7 +366,7 @@ class Inject:
     vector: int
 
 
-# --- the end-of-run reports (Report.stats) -----------------------------------------------------------
+# --- the end-of-run reports (Report.stats) --------------------------------------------------------
 
 @dataclasses.dataclass
 class SampleSet:
@@ -552,7 +552,7 @@ class Message:
     body: typing.Any
 
 
-# --- typed records on the wire ---------------------------------------------------------------------
+# --- typed records on the wire --------------------------------------------------------------------
 # A field is checked against its annotation: plain types by their exact Python type (a bool is not
 # an int), a record as a map of its fields, one of several records as [record name, map],
 # list[X] and dict[K, V] element by element. A field with a default may be absent; a field the
