@@ -31,7 +31,8 @@ class VcpuThread(threading.Thread):
     def __init__(self, ctx: zmq.Context, vm: str, index: int, pcpu: int, run: int,
                  policy, cfg: dict, host_ep: str, listen_base: str, topo, security):
         super().__init__(name=f"{vm}-vcpu{index}", daemon=True)
-        self.ctx, self.vm, self.index, self.pcpu = ctx, vm, index, pcpu
+        self.ctx, self.vm, self.index = ctx, vm, index
+        self.pcpu = pcpu                 # its home pCPU; VcpuTask.pcpu is where it runs now
         self.security = security
         self.guest_peer: bytes | None = None
         self.policy, self.cfg, self.topo, self.host_ep = policy, cfg, topo, host_ep
