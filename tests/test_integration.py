@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from conftest import LAUNCHER, assert_no_process_left, launch
+from support import LAUNCHER, assert_no_process_left, launch, load_json, read
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
 def by_policy(results):
@@ -74,7 +74,7 @@ def test_run_directory_and_no_process_left(seed_run):
     for name in ("host.log", "kvm-vm0.log", "guest-vm0.log", "config.json", "results.json"):
         assert os.path.exists(os.path.join(out, name)), name
     assert oct(os.stat(out).st_mode & 0o777) == "0o700"
-    assert "READY" in open(os.path.join(out, "kvm-vm0.log")).read()
+    assert "READY" in read(os.path.join(out, "kvm-vm0.log"))
     assert_no_process_left(out)
 
 
@@ -84,7 +84,7 @@ def test_over_tcp(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = results["runs"][0]
     assert run["pmis"]["handled"] == 10 and run["handle_event"]["skipped"] == 10
-    assert "tcp://" in open(f"{out}/host.log").read()
+    assert "tcp://" in read(f"{out}/host.log")
     assert_no_process_left(out)
 
 
@@ -100,13 +100,11 @@ def test_invalid_configuration_is_refused_before_any_process_starts(tmp_path):
 
 
 def test_sigint_stops_every_process_and_keeps_partial_counts(tmp_path):
-    import json
     import os
     import signal
     import subprocess
     import sys
     import time
-    from conftest import LAUNCHER
     out = str(tmp_path / "run")
     proc = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--pmis", "1000000",
                              "--policy", "oncpu", "--host-preset", "small"],
@@ -120,7 +118,7 @@ def test_sigint_stops_every_process_and_keeps_partial_counts(tmp_path):
     stdout, _ = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 5.0
     assert proc.returncode == 3
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     assert results["complete"] is False and results["error"] == "interrupted"
     run = results["runs"][0]
     assert run["stop_reason"] == "interrupted" and run["pmis"]["handled"] > 0
@@ -132,7 +130,6 @@ def test_a_process_started_by_hand_joins_the_run(tmp_path):
     import subprocess
     import sys
     import time
-    from conftest import LAUNCHER
     out = str(tmp_path / "run")
     launcher = subprocess.Popen([sys.executable, LAUNCHER, "--out", out, "--transport", "tcp",
                                  "--external", "host", "--pmis", "5", "--host-preset", "small"],

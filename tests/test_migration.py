@@ -1,5 +1,4 @@
 """Pinned vCPU threads and migrations that land in the windows the RFC is about."""
-import json
 import os
 import signal
 import subprocess
@@ -8,9 +7,9 @@ import time
 
 import pytest
 
-from conftest import LAUNCHER, assert_no_process_left, launch
+from support import LAUNCHER, assert_no_process_left, launch, load_json, read
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 COMMON = ("--pmis", "10", "--host-preset", "small", "--max-modeled-ms", "3000")
 
 
@@ -102,14 +101,14 @@ def test_real_affinity_is_applied_to_each_vcpu_thread(tmp_path):
         line = ""
         while "vCPU -> pCPU" not in line and time.monotonic() < deadline:
             time.sleep(0.1)
-            line = next((x for x in open(log)), "") if os.path.exists(log) else ""
-            line = next((x for x in open(log) if "vCPU -> pCPU" in x), "") if line else ""
-        kvm_pid = json.load(open(os.path.join(out, "pids.json")))["kvm-vm0"]
+            text = read(log) if os.path.exists(log) else ""
+            line = next((x for x in text.splitlines() if "vCPU -> pCPU" in x), "")
+        kvm_pid = load_json(os.path.join(out, "pids.json"))["kvm-vm0"]
         cores = sorted(os.sched_getaffinity(0))
         mapping = line.split("real CPUs): ")[1]
         for part, pcpu in zip(mapping.split("), "), (0, 5)):
             tid = int(part.split("(")[1].split(",")[0])
-            status = open(f"/proc/{kvm_pid}/task/{tid}/status").read()
+            status = read(f"/proc/{kvm_pid}/task/{tid}/status")
             allowed = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list"))
             assert allowed.split()[-1] == str(cores[pcpu % len(cores)])
     finally:

@@ -1,0 +1,45 @@
+"""The flags and scenario keys are documented once, from the code, and the docs name only real ones."""
+import glob
+import os
+import re
+
+import pytest
+
+from common import config, service
+from support import ROOT, launcher_module, read, script_module
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+DOCS = [os.path.join(ROOT, "README.md"), *glob.glob(os.path.join(ROOT, "docs", "*.md"))]
+
+
+def test_docs_flags_md_is_what_the_code_generates():
+    flags_doc = script_module("flags_doc")
+    assert read(flags_doc.OUT) == flags_doc.render(launcher_module()), \
+        "docs/flags.md is out of date: run .venv/bin/python scripts/flags_doc.py"
+
+
+def test_each_flag_sets_its_own_key_and_each_key_is_documented():
+    keys = script_module("flags_doc").flag_keys(launcher_module())
+    assert len(set(keys.values())) == len(keys), keys          # no two flags for one key
+    text = read(os.path.join(ROOT, "docs", "flags.md"))
+    for section, values in config.DEFAULTS.items():
+        assert f"## `[{section}]`" in text
+        for key in values:
+            assert f"| `{key}` |" in text, f"{section}.{key}"
+
+
+def test_every_flag_the_docs_name_exists():
+    """A flag named in README.md or docs/ is one of the launcher's or the processes' own."""
+    real = {s for a in launcher_module().build_parser()._actions for s in a.option_strings}
+    for role in ("host", "kvm", "guest"):
+        real |= {s for a in service.arg_parser(role)._actions for s in a.option_strings}
+    real |= {"--durations"}                         # pytest's, in the testing docs
+    for path in DOCS:
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", read(path)))
+        assert named <= real, (os.path.relpath(path, ROOT), sorted(named - real))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "scenarios", "*.toml"))))
+def test_the_shipped_scenarios_are_valid(path):
+    cfg = config.merge(config.DEFAULTS, config.load_scenario(path), path)
+    config.validate(cfg, path)
