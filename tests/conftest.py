@@ -5,6 +5,7 @@ so that no new test can slip out of the tiers.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 
@@ -18,6 +19,11 @@ from support import LocalPerf, launch, stop_started
 
 TIERS = ("unit", "component", "system")
 _untiered = pytest.StashKey[list]()          # the tiers found on a test that is not in exactly one
+
+
+def pytest_configure(config):
+    """Warnings are errors (pyproject.toml), in the processes the system tests start too."""
+    os.environ.setdefault("PYTHONWARNINGS", "error")
 
 
 @pytest.hookimpl(tryfirst=True)

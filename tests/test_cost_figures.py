@@ -1,8 +1,11 @@
-"""The seed's figures come out of the mechanisms, and move as the explanation says they do."""
+"""The seed's figures come out of the mechanisms, and move as the explanation says they do; the
+figures README.md and docs/model.md quote are the model's."""
+import os
+
 import pytest
 
 from common import costs
-from support import launch
+from support import ROOT, launch, read
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 SEED_ALWAYS_NS, SEED_ONCPU_NS = 85_282_765, 97
@@ -10,6 +13,20 @@ SEED_ALWAYS_NS, SEED_ONCPU_NS = 85_282_765, 97
 
 def mean(results, policy):
     return next(r for r in results["runs"] if r["policy"] == policy)["handle_event"]
+
+
+def ns(figure: float) -> str:
+    return f"{figure:,.0f} ns"
+
+
+def documented() -> dict[tuple[str, str], tuple[str, str]]:
+    """docs/model.md's table of figures: (preset, watchdog) -> (always, oncpu), as written."""
+    rows = {}
+    for line in read(os.path.join(ROOT, "docs", "model.md")).splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[3].endswith(" ns"):
+            rows[cells[0], cells[2]] = cells[3], cells[4]
+    return rows
 
 
 def test_seed_figures_within_15_percent(seed_run):
@@ -25,12 +42,22 @@ def test_seed_figures_within_15_percent(seed_run):
     assert ds / sum(by_param.values()) > 0.9
 
 
+def test_the_docs_quote_the_seed_figures_the_model_gives(seed_run):
+    always = mean(seed_run[1], "always")["modeled_ns"]["mean"]
+    oncpu = mean(seed_run[1], "oncpu")["modeled_ns"]["mean"]
+    readme = read(os.path.join(ROOT, "README.md"))
+    for figure, seed in ((always, SEED_ALWAYS_NS), (oncpu, SEED_ONCPU_NS)):
+        assert f"{ns(figure)} ({100 * (figure / seed - 1):+.1f} %)" in readme
+    assert documented()["skx-4s", "off"] == (ns(always), ns(oncpu))
+
+
 def test_watchdog_on_collapses_the_figure(tmp_path):
     proc, results, _ = launch(tmp_path, "--watchdog", "on", "--policy", "always", "--pmis", "5")
     assert proc.returncode == 0, proc.stderr
     run = results["runs"][0]
     assert run["host_perf"]["refcount_crossings"] == {"reserve": 0, "release": 0}
     assert run["handle_event"]["modeled_ns"]["mean"] < 0.01 * SEED_ALWAYS_NS
+    assert documented()["any", "on"][0] == ns(run["handle_event"]["modeled_ns"]["mean"])
 
 
 def test_figure_moves_with_the_number_of_cpus(tmp_path):
@@ -41,6 +68,9 @@ def test_figure_moves_with_the_number_of_cpus(tmp_path):
         assert proc.returncode == 0, proc.stderr
         figures[name] = mean(results, "always")["modeled_ns"]["mean"]
     assert figures["small"] < figures["bdx-2s"] < figures["skx-4s"]
+    table = documented()
+    for name, figure in figures.items():
+        assert table[name, "off"][0] == ns(figure), name
 
 
 def test_the_breakdown_adds_up_and_an_override_moves_it_by_its_share(tmp_path, seed_run):

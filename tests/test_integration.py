@@ -1,10 +1,11 @@
 """The real processes over real sockets, through the launcher."""
+import os
 import subprocess
 import sys
 
 import pytest
 
-from support import LAUNCHER, assert_no_process_left, launch, load_json, read
+from support import LAUNCHER, ROOT, assert_no_process_left, launch, load_json, read
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
@@ -76,6 +77,28 @@ def test_run_directory_and_no_process_left(seed_run):
     assert oct(os.stat(out).st_mode & 0o777) == "0o700"
     assert "READY" in read(os.path.join(out, "kvm-vm0.log"))
     assert_no_process_left(out)
+
+
+def test_docs_results_md_names_every_key_of_results_json(seed_run):
+    """Each key of results.json (and of each run) is documented, and each key the document
+    names is one the report writes (or writes after a failure / for a guest program)."""
+    import re
+    _, results, _ = seed_run
+    text = read(os.path.join(ROOT, "docs", "results.md"))
+    named = set(re.findall(r"`([a-z_0-9]+)`", text))
+    run = results["runs"][0]
+    for key in [*results, *run, *run["handle_event"], *run["pmis"], *run["host_perf"]]:
+        assert key in named, key
+
+    def keys(value):
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+    written = keys(results) | {"partial_reports", "guest_program", "checks"}
+    files = {"config", "pids", "keys", "launcher", "results"}
+    assert not named - written - files, sorted(named - written - files)
 
 
 def test_over_tcp(tmp_path):

@@ -45,6 +45,18 @@ def test_window_with_cpu_binding_oncpu_reprograms_elsewhere(tmp_path):
     assert run["invariants"]["violations"] == []
 
 
+def test_every_n_with_cpu_binding_the_rfc_skips_a_counter_that_counted_nothing(tmp_path):
+    """Events bound to the pCPU where they were created count nothing while the vCPU runs
+    elsewhere; oncpu skips them whenever the vCPU is back, and the guest sees it."""
+    proc, results, out = launch(tmp_path, *COMMON, "--policy", "oncpu", "--migrate", "every:7",
+                                "--event-binding", "cpu")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    run = results["runs"][0]
+    assert {"count_mismatch", "late_pmi"} <= set(run["invariants"]["by_kind"])
+    assert run["handle_event"]["by_reason"].get("skipped_active_here", 0) > 0
+    assert_no_process_left(out)
+
+
 def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
     proc, results, out = launch(tmp_path, *COMMON, "--policy", "always,oncpu",
                                 "--migrate", "to-busy:50", "--max-modeled-ms", "500")

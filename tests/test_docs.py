@@ -1,7 +1,10 @@
-"""The flags and scenario keys are documented once, from the code, and the docs name only real ones."""
+"""The documents: flags and scenario keys documented once, from the code; example commands that
+run; nothing named outside the repository; links that resolve."""
+import contextlib
 import glob
 import os
 import re
+import shlex
 
 import pytest
 
@@ -43,3 +46,31 @@ def test_every_flag_the_docs_name_exists():
 def test_the_shipped_scenarios_are_valid(path):
     cfg = config.merge(config.DEFAULTS, config.load_scenario(path), path)
     config.validate(cfg, path)
+
+
+def example_commands(path):
+    """The arguments of each ``./scripts/launch`` line in a document's code blocks
+    (continuations joined, comments cut)."""
+    blocks = read(path).split("```")[1::2]
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+        if "./scripts/launch" in line:
+            yield shlex.split(line.split("./scripts/launch", 1)[1], comments=True)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_example_commands_are_valid_configurations(path):
+    """Every launch command a document shows parses, and its configuration validates."""
+    launcher = launcher_module()
+    with contextlib.chdir(ROOT):
+        for argv in example_commands(path):
+            args = launcher.build_parser().parse_args(argv)
+            launcher.resolve_config(args)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_documents_name_nothing_outside_the_repository_and_links_resolve(path):
+    text = read(path)
+    for outside in ("http://", "https://", "../", "/work/", "shared/"):
+        assert outside not in text, outside
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        assert os.path.exists(os.path.join(os.path.dirname(path), target)), target
