@@ -76,7 +76,5 @@ def sock_dir():
 
 @pytest.fixture(scope="session")
 def seed_run(tmp_path_factory):
-    """The seed scenario under every policy, once per test session, over ipc."""
-    proc, results, out = launch(tmp_path_factory.mktemp("seed"), "--policy", "all",
-                                "--pmis", "30")
-    return proc, results, out
+    """The seed scenario, as ./scripts/launch runs it, once per test session."""
+    return launch(tmp_path_factory.mktemp("seed"))

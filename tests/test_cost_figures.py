@@ -84,7 +84,7 @@ def test_the_breakdown_adds_up_and_an_override_moves_it_by_its_share(tmp_path, s
                                                                    rel=1e-12), run["policy"]
     name = "cacheline_transfer_cross_socket"
     old = costs.resolve()[name]
-    proc, bumped, _ = launch(tmp_path, "--policy", "always", "--pmis", "30",
+    proc, bumped, _ = launch(tmp_path, "--policy", "always",
                              "--cost", f"{name}={old * 11 // 10}")
     assert proc.returncode == 0, proc.stderr
     before, after = mean(base, "always"), mean(bumped, "always")

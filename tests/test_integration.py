@@ -1,13 +1,16 @@
 """The real processes over real sockets, through the launcher."""
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from common import config
 from support import LAUNCHER, ROOT, assert_no_process_left, launch, load_json, read
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+PMIS = config.DEFAULTS["run"]["pmis"]          # per vCPU in the seed scenario (seed_run)
 
 
 def by_policy(results):
@@ -21,8 +24,8 @@ def test_seed_scenario_runs_every_policy(seed_run):
     runs = by_policy(results)
     assert set(runs) == {"always", "oncpu", "reuse", "deferred"}
     for r in runs.values():
-        assert r["pmis"]["handled"] == 30
-        assert r["pmis"]["injected"] == r["pmis"]["overflows"] == 30
+        assert r["pmis"]["handled"] == PMIS
+        assert r["pmis"]["injected"] == r["pmis"]["overflows"] == PMIS
         assert r["invariants"]["checked"] > 0 and r["invariants"]["violations"] == []
         assert r["host"] == {"preset": "skx-4s", "cpus": 224, "watchdog": False}
         assert r["timeslices"] > 0
@@ -30,13 +33,35 @@ def test_seed_scenario_runs_every_policy(seed_run):
     assert "kvm_pmu_handle_event calls" in proc.stdout
 
 
+def printed_table(text: str) -> dict[str, list[str]]:
+    """The comparison table in a run's output: row name -> one cell per policy."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == list(config.POLICIES))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith("```"):
+            break
+        name, *cells = re.split(r"\s{2,}", line.strip())
+        rows[name] = cells
+    return rows
+
+
+def test_the_readme_shows_what_the_seed_scenario_prints(seed_run):
+    """README.md's sample run is ./scripts/launch's output, but for measured times."""
+    shown = printed_table(read(os.path.join(ROOT, "README.md")))
+    printed = printed_table(seed_run[0].stdout)
+    assert set(shown) == set(printed)
+    for name in set(printed) - {"measured mean", "measured p50 / p99", "wall time"}:
+        assert shown[name] == printed[name], name
+
+
 def test_always_reprograms_every_call_and_oncpu_skips(seed_run):
     runs = by_policy(seed_run[1])
     a, o = runs["always"]["handle_event"], runs["oncpu"]["handle_event"]
-    assert a["calls"] == a["reprogrammed"] == 30 and a["skipped"] == 0
-    assert a["by_reason"] == {"reprogrammed_unconditionally": 30}
-    assert o["calls"] == o["skipped"] == 30 and o["reprogrammed"] == 0
-    assert o["by_reason"] == {"skipped_active_here": 30}
+    assert a["calls"] == a["reprogrammed"] == PMIS and a["skipped"] == 0
+    assert a["by_reason"] == {"reprogrammed_unconditionally": PMIS}
+    assert o["calls"] == o["skipped"] == PMIS and o["reprogrammed"] == 0
+    assert o["by_reason"] == {"skipped_active_here": PMIS}
     assert runs["oncpu"]["reprogram_counter"]["by_cause"]["handle_event"] == 0
     # the difference is visible measured as well as modeled
     assert a["modeled_ns"]["mean"] > 1000 * o["modeled_ns"]["mean"]
@@ -50,14 +75,14 @@ def test_events_created_and_released_per_guest_pmi(seed_run):
     per_pmi = {"always": 2, "oncpu": 1, "reuse": 0, "deferred": 0}
     for policy, n in per_pmi.items():
         calls = runs[policy]["perf_calls"]
-        assert calls["create"] == 1 + n * 30, policy
-        assert calls["release"] == n * 30, policy
+        assert calls["create"] == 1 + n * PMIS, policy
+        assert calls["release"] == n * PMIS, policy
     for policy in ("reuse", "deferred"):
         r = runs[policy]
-        assert r["perf_calls"]["pause"] >= 2 * 30 and r["perf_calls"]["enable"] >= 2 * 30
-        assert r["handle_event"]["by_reason"].get("resumed", 0) >= 30
+        assert r["perf_calls"]["pause"] >= 2 * PMIS and r["perf_calls"]["enable"] >= 2 * PMIS
+        assert r["handle_event"]["by_reason"].get("resumed", 0) >= PMIS
         assert r["handle_event"]["modeled_ns"]["p50"] < 10_000
-    assert runs["always"]["entry_retries"] == 30 and runs["deferred"]["entry_retries"] == 0
+    assert runs["always"]["entry_retries"] == PMIS and runs["deferred"]["entry_retries"] == 0
 
 
 def test_guest_visible_results_are_identical_across_policies(seed_run):
