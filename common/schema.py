@@ -171,7 +171,8 @@ class Exit:
     """A VM exit. ``retired`` holds the events the guest retired since its last entry."""
     reason: str                    # rdmsr, wrmsr, rdpmc, cpuid, budget (a host counter's or
                                    # the time slice's end), nmi_window, hypercall (a test
-                                   # program's migration request), done
+                                   # program's migration request), flush (the emulator's, when
+                                   # much has retired since the last exit), done
     index: int                     # MSR, RDPMC ECX or CPUID leaf
     value: int                     # WRMSR data, CPUID subleaf
     retired: dict

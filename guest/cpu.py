@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import numbers
 from fractions import Fraction
 
 from common import filters, msr, schema, transport
@@ -18,8 +19,17 @@ class BudgetStuck(RuntimeError):
     """KVM gave a budget that lets nothing retire: the run cannot go on."""
 
 
-class RunStopped(Exception):
-    """KVM ended the run (its budget is spent); a guest program unwinds with this."""
+class RunStopped(BaseException):
+    """The run's budget is spent (or the guest was told to stop); a guest program unwinds with
+    this. Not an Exception, so that a program's ``except Exception`` does not swallow it."""
+
+
+# Retire pieces after which the guest exits even though no budget ran out (reason "flush"), so
+# that what piles up between exits (the retired events and, while an EDGE/INV/CMASK counter is
+# live, their stretches) stays bounded and the run's budgets and stop requests are seen: a
+# program that calls retire() in a loop and nothing else still comes back to KVM. It is the
+# emulator's exit, not the CPU's, and costs no modeled time (kvm/vcpu.py).
+FLUSH_AFTER = 4096
 
 
 class GuestCpu:
@@ -34,7 +44,8 @@ class GuestCpu:
         self.budget: dict[str, int] = {}
         self.filtered: list[list] = []       # EDGE/INV/CMASK counters: [kind, cmask, inv, edge, left]
         self.unsent: collections.Counter = collections.Counter()  # retired since the last exit
-        self.unsent_stretches: list = []
+        self.unsent_stretches: list = []     # only while a filtered counter is live
+        self.pieces = 0                      # retire pieces since the last exit
         self.in_nmi = False
         self.nmi_window = False
         self.if_flag = True
@@ -59,6 +70,7 @@ class GuestCpu:
                                    self.unsent_stretches))
         self.unsent.clear()
         self.unsent_stretches = []
+        self.pieces = 0
         self.exits[reason] += 1
         while True:
             _, msg = self.chan.recv(transport.DEFAULT_TIMEOUT_S, self.stop)
@@ -72,7 +84,7 @@ class GuestCpu:
             elif msg.type == MsgType.ERROR:
                 raise RuntimeError(f"KVM refused the exit: {msg.body.kind}: {msg.body.detail}")
         entry = msg.body
-        self.stop_reason = self.stop_reason or entry.stop
+        self.stop_reason = self.stop_reason or entry.stop or self._own_stop()
         if self.stop_reason and self.raise_on_stop and reason != "done":
             raise RunStopped(self.stop_reason)
         self.budget = dict(entry.budget)
@@ -105,6 +117,14 @@ class GuestCpu:
 
     def exits_total(self) -> int:
         return sum(self.exits.values())
+
+    def _own_stop(self) -> str:
+        """What ends the run on the guest's side: its exit budget, or being told to stop."""
+        if self.exits_total() >= self.max_exits:
+            return "max_exits"
+        if self.stop is not None and self.stop.is_set():
+            return "stopped"
+        return ""
 
     # --- instructions ---------------------------------------------------------------------------
 
@@ -190,9 +210,11 @@ class GuestCpu:
                llc_refs: int = 0, llc_misses: int = 0, cycles: int | None = None,
                ref_cycles: int | None = None) -> None:
         """Retire events; cycles and ref cycles left None follow from the workload model."""
-        self.retire_events(self.workload.derive(
-            instructions, cycles=cycles, ref_cycles=ref_cycles, branches=branches,
-            branch_misses=branch_misses, llc_refs=llc_refs, llc_misses=llc_misses))
+        given = {"instructions": instructions, "branches": branches,
+                 "branch_misses": branch_misses, "llc_refs": llc_refs, "llc_misses": llc_misses,
+                 "cycles": cycles, "ref_cycles": ref_cycles}
+        counts = {name: None if n is None else _count(name, n) for name, n in given.items()}
+        self.retire_events(self.workload.derive(counts.pop("instructions"), **counts))
 
     def retire_events(self, events: dict[str, int]) -> None:
         """Retire ``events`` evenly interleaved over their cycles, exiting exactly where a host
@@ -219,15 +241,19 @@ class GuestCpu:
                 kind, cmask, inv, edge, _ = entry
                 entry[4] -= filters.count(filters.Filter(cmask, inv, edge), cycles,
                                           chunk.get(kind, 0), y, y1, False)[0]
-            self.unsent_stretches.append(stretch)
+            if self.filtered and cycles:        # only filtered counters read stretches, and
+                self.unsent_stretches.append(stretch)   # a chunk with no cycles counts none
+            self.pieces += 1
             self.cycles += part.get("cycles", 0)
             self.oracle.retire(part, stretch)
             y = y1
             if any(left <= 0 for left in self.budget.values()) or \
                     any(entry[4] <= 0 for entry in self.filtered):
                 self._exit("budget")
-                if self.stop_reason:
-                    return
+            elif self.pieces >= FLUSH_AFTER:
+                self._exit("flush")
+            if self.stop_reason:
+                return
             if self.tick_handler is not None and self.cycles >= self.next_tick:
                 self.next_tick += self.tick_cycles
                 self.tick_handler(self)
@@ -252,3 +278,10 @@ class GuestCpu:
         if stop <= y:
             raise BudgetStuck(f"a budget of {limits} lets nothing retire")
         return stop
+
+
+def _count(name: str, n) -> int:
+    """A count of events a program passed to retire(): a whole number >= 0."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"retire({name}={n!r}): a count of events is a whole number >= 0")
+    return int(n)

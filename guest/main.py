@@ -1,7 +1,6 @@
 """The guest-kernel process: one per VM, one thread per vCPU, each running the guest perf driver."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -12,13 +11,16 @@ import zmq
 from common import config, logsetup, schema, service, transport
 from common.schema import MsgType
 from common.topology import preset
-from guest.cpu import GuestCpu, RunStopped
+from guest import program
+from guest.cpu import BudgetStuck, GuestCpu, RunStopped
 from guest.driver import X86Pmu, events_from_sessions
 from guest.oracle import Oracle
 from guest.workload import Workload, streams
 
 log = logging.getLogger("guest")
 DONE_EP = "inproc://vcpu-done"
+# The emulator's failures, which reach a guest program through ``cpu`` but are not its own.
+EMULATOR_ERRORS = (transport.Stopped, transport.PeerLost, schema.ProtocolError, BudgetStuck)
 STOP_JOIN_S = 2.0
 
 
@@ -35,7 +37,7 @@ class GuestVcpu(threading.Thread):
         self.failure: str | None = None
         self.cpu: GuestCpu | None = None
         self.pmu: X86Pmu | None = None
-        self.program_error: str | None = None
+        self.program_error: dict | None = None      # program.failure(): error, traceback
 
     def run(self) -> None:
         logsetup.set_context(self.index, None)
@@ -79,26 +81,22 @@ class GuestVcpu(threading.Thread):
         if run["guest_program"]:
             reason = self.run_program(cpu, run["guest_program"])
         else:
-            reason = self.run_perf(cpu, workload, run["pmis"], run["max_exits"],
-                                   config.guest_sessions(self.cfg), g["watchdog"], topo.ghz,
-                                   g["context_switch_ms"])
+            reason = self.run_perf(cpu, workload, run["pmis"], config.guest_sessions(self.cfg),
+                                   g["watchdog"], topo.ghz, g["context_switch_ms"])
         oracle.finish()
         cpu._exit("done")
         log.info("vCPU done (%s): %d PMIs, %d exits, %d violations", reason, cpu.pmis,
                  cpu.exits_total(), len(oracle.violations))
         return reason
 
-    def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, max_exits: int,
-                 sessions: list[dict], watchdog: bool, ghz: float, switch_ms: int) -> str:
+    def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, sessions: list[dict],
+                 watchdog: bool, ghz: float, switch_ms: int) -> str:
         pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog), switch_ms)
         pmu.start()
         reason = "pmis"
         while pmu.handled < pmis:
-            if cpu.stop_reason:
-                reason = cpu.stop_reason
-                break
-            if cpu.exits_total() >= max_exits:
-                reason = "max_exits"
+            if cpu.stop_reason:                  # a budget (max_exits here, max_modeled_ms
+                reason = cpu.stop_reason         # from KVM) or a stop seen at an exit
                 break
             if self.stop.is_set():
                 reason = "stopped"
@@ -108,16 +106,20 @@ class GuestVcpu(threading.Thread):
         return reason
 
     def run_program(self, cpu: GuestCpu, path: str) -> str:
-        """``main(cpu)`` of a guest test program; an exception is the program's failure."""
+        """``main(cpu)`` of a guest test program; an exception is the program's failure, told
+        with the program's own frames."""
         cpu.raise_on_stop = True
         try:
-            load_program(path).main(cpu)
+            program.run(path, cpu)
             return "program_done"
         except RunStopped as stop:
             return str(stop)
-        except Exception as exc:
-            self.program_error = f"{type(exc).__name__}: {exc}"
-            log.warning("guest program failed: %s", self.program_error)
+        except EMULATOR_ERRORS:
+            raise
+        except Exception as exc:                 # noqa: BLE001 - the program's own failure
+            self.program_error = program.failure(exc)
+            log.warning("guest program failed: %s%s", self.program_error["error"],
+                        "".join(f"\n  {f}" for f in self.program_error["traceback"]))
             return "program_error"
         finally:
             cpu.raise_on_stop = False
@@ -136,20 +138,10 @@ class GuestVcpu(threading.Thread):
                 "context_switches": pmu.switches if pmu else 0,
                 "exits": dict(cpu.exits) if cpu else {},
                 "gp_faults": cpu.gp_faults if cpu else 0,
-                "program": {"checks": cpu.checks if cpu else [], "error": self.program_error},
+                "program": {"checks": cpu.checks if cpu else [],
+                            **(self.program_error or {"error": None, "traceback": []})},
                 "invariants": {"checked": cpu.oracle.checked if cpu else 0,
                                "violations": cpu.oracle.violations if cpu else []}}
-
-
-def load_program(path: str):
-    spec = importlib.util.spec_from_file_location("vpmu_guest_program", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"{path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "main", None)):
-        raise ValueError(f"{path}: defines no main(cpu)")
-    return module
 
 
 class Guest:

@@ -1,6 +1,8 @@
 """Seeded guest workloads: how many events of each kind a slice of guest execution retires."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 # Per profile: instructions per cycle, and per-instruction rates of the other events.
@@ -26,17 +28,28 @@ class Workload:
         self.p = PROFILES[profile]
         self.rng = rng
         self.ghz = ghz
-        self.ref_ratio = ref_ghz / ghz
+        # exact rationals of the decimal figures, so that carried fractions stay exact
+        self.cpi = 1 / Fraction(str(self.p["ipc"]))
+        self.ref_ratio = Fraction(str(ref_ghz)) / Fraction(str(ghz))
+        self.cycles_carry = Fraction(0)      # the part of a cycle retired but not yet counted
+        self.ref_carry = Fraction(0)
 
     def derive(self, instructions: int, **given) -> dict[str, int]:
         """Complete a set of events from the instructions it retires (cycles at the profile's
-        IPC, reference cycles at the TSC's rate); events given explicitly are kept."""
+        IPC, reference cycles at the TSC's rate); events given explicitly are kept. The
+        fractions of a cycle left over are carried to the next call, so the same work split
+        into many calls makes as many cycles as one call: ``retire(instructions=1)`` in a loop
+        advances the guest's clock instead of retiring instructions in no time."""
         cycles = given.get("cycles")
         if cycles is None:
-            cycles = int(instructions / self.p["ipc"])
+            exact = instructions * self.cpi + self.cycles_carry
+            cycles = int(exact)
+            self.cycles_carry = exact - cycles
         ref = given.get("ref_cycles")
         if ref is None:
-            ref = int(cycles * self.ref_ratio)
+            exact = cycles * self.ref_ratio + self.ref_carry
+            ref = int(exact)
+            self.ref_carry = exact - ref
         out = {"instructions": instructions, "cycles": cycles, "ref_cycles": ref}
         for kind in ("branches", "branch_misses", "llc_refs", "llc_misses"):
             out[kind] = given.get(kind) or 0

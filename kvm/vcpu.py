@@ -129,13 +129,15 @@ class VcpuThread(threading.Thread):
         self.stats = collections.Counter()
         self.migrations: collections.Counter = collections.Counter()
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
-                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"])
+                                 cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"],
+                                 self.slice_ns)
         self.task_binding = cfg["host"]["event_binding"] == "task"
         self.loaded = False
         self.max_modeled_ns = cfg["run"]["max_modeled_ms"] * 1_000_000
         self.affinity: dict = {}
         self.cores = sorted(os.sched_getaffinity(0))     # the process's, before any pinning
         self.ledger = Ledger()
+        self.guest_cycles = 0
         self.guest_ns = 0
         self.nmi_pending = False
         self.exits: collections.Counter = collections.Counter()
@@ -259,8 +261,10 @@ class VcpuThread(threading.Thread):
     def handle_exit(self, ex: schema.Exit) -> schema.Entry:
         retired = {k: v for k, v in ex.retired.items()
                    if k in msr.EVENT_KINDS and type(v) is int and v > 0}
-        self.guest_ns += int(retired.get("cycles", 0) / self.ghz)
-        self.ledger.charge("vmx_transition")
+        self.guest_cycles += retired.get("cycles", 0)   # converted whole: no ns lost per exit
+        self.guest_ns = int(self.guest_cycles / self.ghz)
+        if ex.reason != "flush":               # the emulator's exit (guest/cpu.py): no VM exit
+            self.ledger.charge("vmx_transition")
         self.nmi_handler_progress(ex.in_nmi)
         self.nmi_blocked = ex.in_nmi
         reason = ex.reason

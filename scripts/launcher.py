@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 from common import config, costs, logsetup, schema, security, transport  # noqa: E402
 from common.schema import MsgType  # noqa: E402
 from common.topology import preset  # noqa: E402
+from guest import program  # noqa: E402
 
 import report  # noqa: E402
 
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="end a vCPU's run when its modeled clock passes N ms")
     ap.add_argument("--migrate", metavar="SPEC",
                     help="none, every:N (exits), random:RATE (per modeled second), window "
-                    "(between an overflow and the next entry), to-busy:K")
+                    "(between an overflow and the next entry), to-busy:K (at an overflow, to "
+                    "a pCPU whose counters are all held, for K time slices)")
     ap.add_argument("--event-binding", choices=("task", "cpu"),
                     help="task: events follow the vCPU thread (KVM); cpu: bound to the pCPU "
                     "where they were created (the RFC text's model)")
@@ -152,7 +154,10 @@ def resolve_config(args) -> dict:
             raise config.ConfigError("--cost", item, "expected NAME=NS with NS a whole number")
         flags["costs"][name.strip()] = int(ns)
     cfg = config.merge(cfg, {k: v for k, v in flags.items() if v}, "command line")
-    return config.validate(cfg, args.scenario or "command line")
+    cfg = config.validate(cfg, args.scenario or "command line")
+    if cfg["run"]["guest_program"]:         # refused here, before any process starts
+        program.check_program(cfg["run"]["guest_program"])
+    return cfg
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -473,6 +478,9 @@ def main(argv=None) -> int:
         for c in r.get("guest_program", {}).get("checks", []):
             say(f"  {'PASS' if c['passed'] else 'FAIL'} [{r['policy']}] vcpu {c['vcpu']} "
                   f"{c['name']}" + (f": {c['detail']}" if c["detail"] else ""))
+        for e in r.get("guest_program", {}).get("errors", []):
+            say(f"  FAIL [{r['policy']}] vcpu {e['vcpu']} main raised {e['error']}"
+                + "".join(f"\n      {frame}" for frame in e["traceback"]))
         shown: dict[str, int] = {}
         for v in report.failed_checks(r):
             shown[v["kind"]] = shown.get(v["kind"], 0) + 1

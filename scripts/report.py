@@ -106,10 +106,14 @@ def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:
 
 
 def program_result(guest_vcpus: list[dict]) -> dict:
+    """Checks of every vCPU, and the exception of each vCPU whose ``main`` raised one, with the
+    program's own traceback frames (innermost last)."""
     checks = [dict(c, vcpu=v["vcpu"]) for v in guest_vcpus for c in v["program"]["checks"]]
-    errors = [f"vcpu {v['vcpu']}: {v['program']['error']}" for v in guest_vcpus
-              if v["program"]["error"]]
-    return {"checks": checks, "error": "; ".join(errors) or None}
+    failed = [{"vcpu": v["vcpu"], "error": v["program"]["error"],
+               "traceback": v["program"]["traceback"]}
+              for v in guest_vcpus if v["program"]["error"]]
+    return {"checks": checks, "errors": failed,
+            "error": "; ".join(f"vcpu {f['vcpu']}: {f['error']}" for f in failed) or None}
 
 
 def failed_checks(run: dict) -> list[dict]:

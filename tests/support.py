@@ -14,10 +14,15 @@ import sys
 import threading
 import time
 
+import numpy as np
 import zmq
 
-from common import config, msr, transport
+from common import config, msr, schema, transport
 from common.costs import Ledger
+from common.schema import MsgType
+from guest.cpu import GuestCpu
+from guest.oracle import Oracle
+from guest.workload import Workload
 from host.main import HostServer
 from host.perf import HostPerf, PerfError
 from kvm.pmu import KVM_REQ_PMU, PerfCallRefused
@@ -96,6 +101,29 @@ class HostServerThread:
 def scenario(layer: dict) -> dict:
     """The resolved configuration of the defaults with ``layer`` (scenario tables) over them."""
     return config.validate(config.merge(config.DEFAULTS, layer, "test"), "test")
+
+
+class InstantKvm:
+    """A guest link whose KVM enters the guest again right away, with a fixed budget."""
+
+    def __init__(self, budget=None, filtered=None):
+        self.budget, self.filtered = budget or {}, filtered or []
+        self.exits: list[schema.Exit] = []
+
+    def send(self, body, peer=b"", droppable=False):
+        self.exits.append(body)
+
+    def recv(self, timeout_s=None, stop=None):
+        return b"", schema.Message(MsgType.ENTRY, 0, schema.Entry(
+            0, False, dict(self.budget), filtered=[list(f) for f in self.filtered]))
+
+
+def make_cpu(kvm, max_exits=1_000_000, profile="compute", ghz=2.5) -> GuestCpu:
+    """A guest vCPU on ``kvm`` (an InstantKvm), after the first entry."""
+    cpu = GuestCpu(kvm, 0, 1, Workload(profile, np.random.default_rng(1), ghz), Oracle(),
+                   max_exits)
+    cpu._exit("cpuid")                    # the first entry hands out the budget
+    return cpu
 
 
 def program_counter0(pmu, period: int) -> None:

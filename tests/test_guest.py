@@ -1,10 +1,11 @@
 """Guest programs, perf sessions and the ground truth, through the real processes."""
 import os
+import time
 
 import pytest
 
 from common import faults
-from support import ROOT, launch
+from support import ROOT, launch, read
 
 pytestmark = pytest.mark.timeout(300)
 PROGRAMS = os.path.join(ROOT, "guest", "programs")
@@ -53,16 +54,60 @@ def test_reload_without_toggle_loses_pmis_on_4_20(tmp_path):
 
 
 @pytest.mark.system
-def test_a_failing_program_exits_1_with_its_error(tmp_path):
+def test_a_failing_program_exits_1_with_its_error_and_its_own_frames(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def main(cpu):\n    cpu.check(False, 'deliberate')\n    raise ValueError('boom')\n")
-    proc, results, _ = launch(tmp_path, "--guest-program", str(bad), "--policy", "oncpu",
-                              "--host-preset", "small")
+    bad.write_text("def arm(cpu):\n    cpu.wrmsr(0x186, 1 << 63)\n\n"
+                   "def main(cpu):\n    cpu.check(False, 'deliberate')\n    arm(cpu)\n")
+    proc, results, out = launch(tmp_path, "--guest-program", str(bad), "--policy", "oncpu",
+                                "--host-preset", "small")
     assert proc.returncode == 1
     prog = results["runs"][0]["guest_program"]
     assert prog["checks"] == [{"name": "deliberate", "passed": False, "detail": "", "vcpu": 0}]
-    assert "ValueError: boom" in prog["error"]
+    frames = [f"{bad}:6 in main: arm(cpu)", f"{bad}:2 in arm: cpu.wrmsr(0x186, 1 << 63)"]
+    error = "GeneralProtection: WRMSR 0x186 = 0x8000000000000000"   # a reserved bit: #GP
+    assert prog["errors"] == [{"vcpu": 0, "error": error, "traceback": frames}]
     assert "FAIL [oncpu] vcpu 0 deliberate" in proc.stdout
+    assert f"FAIL [oncpu] vcpu 0 main raised {error}\n      {frames[0]}\n      {frames[1]}\n" \
+        in proc.stdout
+    log = read(os.path.join(out, "guest-vm0.log"))
+    assert f"guest program failed: {error}\n  {frames[0]}\n  {frames[1]}\n" in log
+    assert "guest/cpu.py" not in proc.stdout + log       # none of the emulator's frames
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("source, told", [
+    ("def main(cpu):\n    cpu.retire(instructions=1\n", "line 2: SyntaxError"),
+    ("def setup(cpu):\n    pass\n", "main: not defined"),
+])
+def test_a_program_that_cannot_run_is_refused_before_anything_starts(tmp_path, source, told):
+    bad = tmp_path / "bad.py"
+    bad.write_text(source)
+    proc, results, out = launch(tmp_path, "--guest-program", str(bad), "--host-preset", "small")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and f"{bad}: {told}" in proc.stderr, proc.stderr
+    assert proc.stdout == "" and not os.path.exists(out)       # no run, no process
+
+
+@pytest.mark.system
+def test_a_program_that_only_retires_ends_by_its_exit_budget(tmp_path):
+    """while True: cpu.retire(instructions=1) — no exit of its own, so the guest's flush
+    exits carry what it retired and let the budget end it, with nobody blamed."""
+    spin = tmp_path / "spin.py"
+    spin.write_text("def main(cpu):\n    while True:\n        cpu.retire(instructions=1)\n")
+    t0 = time.monotonic()
+    # --lost-after 10: a busy shared machine must not stand in for the stall this is about
+    proc, results, out = launch(tmp_path, "--guest-program", str(spin), "--policy", "oncpu",
+                                "--host-preset", "small", "--max-exits", "20",
+                                "--lost-after", "10", timeout=120)
+    assert time.monotonic() - t0 < 90
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert results["complete"] and results["error"] is None
+    assert set(results["exit_codes"].values()) == {0}
+    run = results["runs"][0]
+    assert run["stop_reason"] == "max_exits"
+    assert run["exits"]["by_reason"]["flush"] >= 18
+    assert run["modeled_guest_ns"] > 0 and run["guest_program"]["error"] is None
+    assert "stopped answering" not in proc.stderr and "died" not in proc.stderr
 
 
 @pytest.mark.parametrize("fault, kind", [("kvm_drop_pmi", "missing_pmi"),

@@ -72,6 +72,19 @@ def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
     assert_no_process_left(out)
 
 
+def test_to_busy_as_the_docs_show_it(tmp_path):
+    """The README's command: every policy loses the counter on the busy pCPU, reported as
+    counter_unavailable, and the run ends by its modeled-time budget (no PMI comes again)."""
+    proc, results, out = launch(tmp_path, "--migrate", "to-busy:3", "--max-modeled-ms", "500")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(results["runs"]) == 4
+    for run in results["runs"]:
+        assert set(run["invariants"]["by_kind"]) == {"counter_unavailable"}, run["policy"]
+        assert run["migrations_by_kind"] == {"to-busy": 1, "to-busy-return": 1}
+        assert run["stop_reason"] == "max_modeled_ms"
+    assert "VIOLATION" not in proc.stdout
+
+
 @pytest.mark.parametrize("spec", ["every:7", "random:300"])
 def test_moves_lose_and_double_no_count(tmp_path, spec):
     base = runs_of(tmp_path / "base", "--policy", "always,oncpu")

@@ -16,7 +16,7 @@ from common import schema, security, transport
 from common.schema import MsgType
 from common.topology import preset
 from guest.cpu import GuestCpu
-from guest.main import load_program
+from guest import program
 from guest.oracle import Oracle
 from guest.workload import Workload
 from kvm import policies
@@ -71,7 +71,7 @@ def test_a_guest_program_through_one_vcpu_thread(vcpu_of, policy):
     thread = start(policy)
     cpu = guest_vcpu(ctx, thread.endpoint)
     try:
-        load_program(PROGRAM).main(cpu)
+        program.load_program(PROGRAM).main(cpu)
         cpu.oracle.finish()
         cpu._exit("done")
     finally:
