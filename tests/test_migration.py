@@ -73,8 +73,8 @@ def test_to_busy_reprograms_inactive_and_reports_counter_unavailable(tmp_path):
 
 
 def test_to_busy_as_the_docs_show_it(tmp_path):
-    """The README's command: every policy loses the counter on the busy pCPU, reported as
-    counter_unavailable, and the run ends by its modeled-time budget (no PMI comes again)."""
+    """docs/model.md's row (K = 3): every policy loses the counter on the busy pCPU, reported
+    as counter_unavailable, and the run ends by its modeled-time budget (no PMI comes again)."""
     proc, results, out = launch(tmp_path, "--migrate", "to-busy:3", "--max-modeled-ms", "500")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(results["runs"]) == 4
