@@ -12,7 +12,7 @@ from common.costs import Ledger
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 NAMES = sorted(costs.resolve())          # every cost parameter
-TRIALS = 300
+TRIALS = 100
 
 
 def random_charges(rng) -> list[tuple[str, int]]:
