@@ -6,7 +6,7 @@ from common.costs import Ledger
 from common.topology import preset
 from host.perf import MAX_PERIOD, STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 ARGS = {"kind": "instructions", "sample_period": 100, "context": 0}
 
 

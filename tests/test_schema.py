@@ -4,6 +4,8 @@ import pytest
 from common import schema
 from common.schema import MsgType, ProtocolError
 
+pytestmark = pytest.mark.unit
+
 
 def frame(**fields):
     env = {"v": [schema.PROTOCOL_MAJOR, 0], "t": "heartbeat", "s": 0, "b": {"progress": 1}}
