@@ -54,7 +54,8 @@ class LaunchError(Exception):
         self.lost = lost                 # processes not to ask for a partial report
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's flags; docs/flags.md is generated from them (scripts/flags_doc.py)."""
     ap = argparse.ArgumentParser(
         prog="launch", description="Run the vpmu-emu scenario under each policy and compare.")
     ap.add_argument("--policy", help="comma-separated policies, or 'all' "
@@ -122,7 +123,11 @@ def parse_args(argv):
     ap.add_argument("--bind", metavar="ADDR",
                     help="address the launcher's control socket (and, over tcp, the processes "
                     "it starts) bind to; use a reachable address with --external")
-    return ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def resolve_config(args) -> tuple[dict, dict]:

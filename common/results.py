@@ -299,9 +299,8 @@ def table(runs: list[dict]) -> str:
          or "0"),
         ("invariants checked / violations", lambda r: f"{r['invariants']['checked']:,} / "
                                                     f"{len(r['invariants']['violations']):,}"),
-        ("guest time lost to the vPMU (modeled)",
-         lambda r: f"{100 * r['modeled_vpmu_share']:.2f} %"),
-        ("  to other exits (host timer, ...)",
+        ("guest time lost to the vPMU", lambda r: f"{100 * r['modeled_vpmu_share']:.2f} %"),
+        ("guest time lost to other exits",
          lambda r: f"{100 * r['modeled_other_exits_share']:.2f} %"),
         ("stop reason", lambda r: r["stop_reason"]),
         ("wall time", lambda r: f"{r['wall_s']:.2f} s"),

@@ -7,7 +7,7 @@ import pytest
 from common import cmask
 from common.cmask import Filter
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 
 def brute(f, c, n, x, y, prev):

@@ -3,9 +3,10 @@
 Nothing here pins a figure to the seed's: the bands are reported, not fitted."""
 import pytest
 
-from conftest import launch
+from common import costs
+from support import launch
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
 def mean(results, policy):
@@ -55,3 +56,25 @@ def test_table_and_explanation_show_mid_band_and_shares(tmp_path):
     assert "modeled mean (band)" in out and "–" in out
     assert "% of width" in out and "cacheline_transfer_remote" in out
     assert "60 /        100 /        150  (default 50 / 100 / 200)" in out
+
+
+def test_the_breakdown_adds_up_and_an_override_moves_it_by_its_share(tmp_path, seed_run):
+    """Through the real processes: each policy's modeled_by_param adds up to its modeled mean,
+    and --cost reaches the processes. That a raise moves every figure by exactly its share is a
+    property of the ledger (tests/test_costs.py); here one parameter shows the plumbing."""
+    _, base, _ = seed_run
+    for run in base["runs"]:
+        he = run["handle_event"]
+        assert sum(he["modeled_by_param"].values()) == pytest.approx(he["modeled_ns"]["mean"],
+                                                                   rel=1e-12), run["policy"]
+    before = mean(base, "always")
+    name = max(before["modeled_by_param"], key=before["modeled_by_param"].get)
+    old = costs.resolve()[name]
+    proc, bumped, _ = launch(tmp_path, "--policy", "always",
+                             "--cost", f"{name}={old * 11 // 10}")
+    assert proc.returncode == 0, proc.stderr
+    after = mean(bumped, "always")
+    share = before["modeled_by_param"][name]
+    assert share > 0
+    assert after["modeled_ns"]["mean"] - before["modeled_ns"]["mean"] == pytest.approx(
+        share * (old * 11 // 10 - old) / old, rel=1e-9)

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from common import faults
-from conftest import ROOT, launch
+from support import ROOT, launch, read
 
 pytestmark = pytest.mark.timeout(300)
 PROGRAMS = os.path.join(ROOT, "guest", "programs")
@@ -17,6 +17,7 @@ def program_runs(tmp_path, name):
     return proc, {r["policy"]: r for r in results["runs"]}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("name", ["exact_count.py", "gp_rules.py", "cmask_edge_inv.py"])
 def test_programs_pass_under_every_policy(tmp_path, name):
     proc, runs = program_runs(tmp_path, name)
@@ -29,6 +30,7 @@ def test_programs_pass_under_every_policy(tmp_path, name):
     assert "PASS [always] vcpu 0" in proc.stdout
 
 
+@pytest.mark.system
 def test_stale_period_of_the_rfc_shows_up_as_spurious_pmis(tmp_path):
     """No reprogramming in the handler: the RFC keeps the host event's period across the
     overflow, so it fires again every period while the guest counter does not wrap."""
@@ -40,6 +42,7 @@ def test_stale_period_of_the_rfc_shows_up_as_spurious_pmis(tmp_path):
         assert all(c["passed"] for c in runs[policy]["guest_program"]["checks"])
 
 
+@pytest.mark.system
 def test_reload_without_toggle_loses_pmis_on_4_20(tmp_path):
     """A handler that only rewrites the counter: 4.20 re-created the event with period 0 and
     never updated it on a counter write; 5.7+ follow the write."""
@@ -50,6 +53,7 @@ def test_reload_without_toggle_loses_pmis_on_4_20(tmp_path):
         assert runs[policy]["invariants"]["violations"] == [], policy
 
 
+@pytest.mark.system
 def test_a_failing_program_exits_1_with_its_error_and_its_own_frames(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def arm(cpu):\n    cpu.wrmsr(0x186, 1 << 63)\n\n"
@@ -65,11 +69,12 @@ def test_a_failing_program_exits_1_with_its_error_and_its_own_frames(tmp_path):
     assert "FAIL [oncpu] vcpu 0 deliberate" in proc.stdout
     assert f"FAIL [oncpu] vcpu 0 main raised {error}\n      {frames[0]}\n      {frames[1]}\n" \
         in proc.stdout
-    log = open(os.path.join(out, "guest-vm0.log")).read()
+    log = read(os.path.join(out, "guest-vm0.log"))
     assert f"guest program failed: {error}\n  {frames[0]}\n  {frames[1]}\n" in log
     assert "guest/cpu.py" not in proc.stdout + log       # none of the emulator's frames
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("source, told", [
     ("def main(cpu):\n    cpu.retire(instructions=1\n", "line 2: SyntaxError"),
     ("def setup(cpu):\n    pass\n", "main: not defined"),
@@ -83,6 +88,7 @@ def test_a_program_that_cannot_run_is_refused_before_anything_starts(tmp_path, s
     assert proc.stdout == "" and not os.path.exists(out)       # no run, no process
 
 
+@pytest.mark.system
 def test_a_program_that_only_retires_ends_by_its_exit_budget(tmp_path):
     """while True: cpu.retire(instructions=1) — no exit of its own, so the guest's flush
     exits carry what it retired and let the budget end it, with nobody blamed."""
@@ -110,6 +116,7 @@ def test_a_program_that_only_retires_ends_by_its_exit_budget(tmp_path):
                                          ("kvm_spurious_pmi", "spurious_pmi"),
                                          ("kvm_count_skew", "count_mismatch"),
                                          ("kvm_status_skew", "status_mismatch")])
+@pytest.mark.system
 def test_the_checker_catches_each_kind_of_broken_path(tmp_path, monkeypatch, fault, kind):
     assert fault in faults.KNOWN
     monkeypatch.setenv("VPMU_FAULTS", fault)
@@ -120,6 +127,7 @@ def test_the_checker_catches_each_kind_of_broken_path(tmp_path, monkeypatch, fau
     assert f"VIOLATION [oncpu] {kind}" in proc.stdout
 
 
+@pytest.mark.system
 def test_sessions_freq_stat_multiplexing_and_guest_watchdog(tmp_path):
     proc, results, _ = launch(tmp_path, "--scenario", os.path.join(ROOT, "scenarios",
                                                                    "multi.toml"),
@@ -140,6 +148,7 @@ def test_sessions_freq_stat_multiplexing_and_guest_watchdog(tmp_path):
     assert a["guest_events"] == b["guest_events"]        # same guest view under both
 
 
+@pytest.mark.unit
 def test_workload_streams_do_not_depend_on_interleaving():
     from guest.workload import Workload, streams
     one = [Workload("compute", r, 2.5).next_slice() for r in streams(7, 3)]
@@ -147,6 +156,7 @@ def test_workload_streams_do_not_depend_on_interleaving():
     assert one == two and one[0] != one[1]
 
 
+@pytest.mark.system
 def test_guest_context_switches_toggle_the_pmu_and_keep_counts_right(tmp_path):
     base = launch(tmp_path / "base", "--policy", "always", "--pmis", "20",
                   "--host-preset", "small")[1]["runs"][0]
@@ -160,6 +170,7 @@ def test_guest_context_switches_toggle_the_pmu_and_keep_counts_right(tmp_path):
     assert run["perf_calls"]["create"] > base["perf_calls"]["create"]
 
 
+@pytest.mark.system
 def test_a_fixed_vector_pmi_waits_for_the_interrupt_flag(tmp_path):
     path = os.path.join(ROOT, "tests", "fixed_vector_program.py")
     proc, results, _ = launch(tmp_path, "--guest-program", path, "--policy", "all",

@@ -1,40 +1,15 @@
 """The guest CPU and workload in-process, against a KVM that answers every exit at once."""
-import dataclasses
 import random
 
-import numpy as np
 import pytest
 
 from common import schema
 from common.cmask import Filter
-from common.schema import MsgType
-from guest.cpu import FLUSH_AFTER, GuestCpu, RunStopped
-from guest.oracle import Oracle
+from guest.cpu import FLUSH_AFTER, RunStopped
 from guest.workload import PROFILES, Workload
+from support import InstantKvm, make_cpu
 
-pytestmark = pytest.mark.timeout(60)
-
-
-class InstantKvm:
-    """A guest link whose KVM enters the guest again right away, with a fixed budget."""
-
-    def __init__(self, budget=None, filtered=None):
-        self.budget, self.filtered = budget or {}, filtered or []
-        self.exits: list[schema.Exit] = []
-
-    def send(self, body, peer=b"", droppable=False):
-        self.exits.append(body)
-
-    def recv(self, timeout_s=None, stop=None):
-        return b"", schema.Message(MsgType.ENTRY, 0, schema.Entry(
-            0, False, dict(self.budget), filtered=[dataclasses.replace(f) for f in self.filtered]))
-
-
-def make_cpu(kvm, max_exits=1_000_000, profile="compute", ghz=2.5):
-    cpu = GuestCpu(kvm, 0, 1, Workload(profile, np.random.default_rng(1), ghz), Oracle(),
-                   max_exits)
-    cpu._exit("cpuid")                    # the first entry hands out the budget
-    return cpu
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 
 def split(total: int, parts: int, rng: random.Random) -> list[int]:

@@ -4,7 +4,7 @@ import pytest
 from fake_cpu import FakeCpu
 from guest.driver import MAX_SAMPLES_PER_TICK, GuestEvent, PerfDriver, events_from_sessions
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 def test_fixed_period_sampling_and_exact_counts():

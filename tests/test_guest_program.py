@@ -3,11 +3,10 @@ import os
 
 import pytest
 
-from conftest import ROOT
 from guest import program
-from test_guest_cpu import InstantKvm, make_cpu
+from support import ROOT, InstantKvm, make_cpu
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 
 @pytest.mark.parametrize("source, where, reason", [

@@ -13,7 +13,7 @@ from host.smp import Smp
 from host.static_key import PerfSchedEvents
 from host.tlb import flush_tlb_kernel_range
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 SKX = preset("skx-4s")
 N = SKX.ncpus                     # 224
 SAME_NODE = 2 * 28                # the caller's socket, both threads

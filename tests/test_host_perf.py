@@ -10,7 +10,7 @@ from common.topology import preset
 from common.msr import MAX_PERIOD
 from host.perf import STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 ARGS = schema.PerfCreate("instructions", exclude_user=False, exclude_kernel=False,
                          sample_period=100, context=0, intr=True)
 

@@ -1,12 +1,16 @@
 """The real processes over real sockets, through the launcher."""
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import LAUNCH, assert_no_process_left, launch
+from common import config
+from support import LAUNCH, ROOT, assert_no_process_left, launch, load_json, read
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
+PMIS = config.DEFAULTS["run"]["pmis"]          # per vCPU in the seed scenario (seed_run)
 
 
 def by_policy(results):
@@ -20,8 +24,8 @@ def test_seed_scenario_runs_every_policy(seed_run):
     runs = by_policy(results)
     assert set(runs) == {"always", "oncpu", "reuse", "deferred"}
     for r in runs.values():
-        assert r["pmis"]["handled"] == 30
-        assert r["pmis"]["injected"] == r["pmis"]["overflows"] == 30
+        assert r["pmis"]["handled"] == PMIS
+        assert r["pmis"]["injected"] == r["pmis"]["overflows"] == PMIS
         assert r["invariants"]["checked"] > 0 and r["invariants"]["violations"] == []
         assert r["host"] == {"preset": "skx-4s", "cpus": 224, "watchdog": False,
                              "kernel": "4.20", "x2apic": "cluster"}
@@ -33,6 +37,29 @@ def test_seed_scenario_runs_every_policy(seed_run):
             pytest.approx(1)
         assert 0 < r["modeled_other_exits_share"] < r["modeled_vpmu_share"]
     assert "kvm_pmu_handle_event calls" in proc.stdout
+
+
+def printed_table(text: str) -> dict[str, list[str]]:
+    """The comparison table in a run's output: row name -> one cell per policy."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == list(config.POLICIES))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith("```"):
+            break
+        name, *cells = re.split(r"\s{2,}", line.strip())
+        rows[name] = cells
+    return rows
+
+
+def test_the_readme_shows_what_the_seed_scenario_prints(seed_run):
+    """README.md's sample run is ./scripts/launch's output, but for measured times."""
+    shown = printed_table(read(os.path.join(ROOT, "README.md")))
+    printed = printed_table(seed_run[0].stdout)
+    assert set(shown) == set(printed)
+    for name in set(printed) - {"measured mean", "measured p50 / p99 / max",
+                                "measured first / steady mean", "wall time"}:
+        assert shown[name] == printed[name], name
 
 
 def test_guest_time_is_the_same_work_under_every_policy(seed_run):
@@ -47,10 +74,10 @@ def test_guest_time_is_the_same_work_under_every_policy(seed_run):
 def test_always_reprograms_every_call_and_oncpu_skips(seed_run):
     runs = by_policy(seed_run[1])
     a, o = runs["always"]["handle_event"], runs["oncpu"]["handle_event"]
-    assert a["calls"] == a["reprogrammed"] == 30 and a["skipped"] == 0
-    assert a["by_reason"] == {"reprogrammed_unconditionally": 30}
-    assert o["calls"] == o["skipped"] == 30 and o["reprogrammed"] == 0
-    assert o["by_reason"] == {"skipped_active_here": 30}
+    assert a["calls"] == a["reprogrammed"] == PMIS and a["skipped"] == 0
+    assert a["by_reason"] == {"reprogrammed_unconditionally": PMIS}
+    assert o["calls"] == o["skipped"] == PMIS and o["reprogrammed"] == 0
+    assert o["by_reason"] == {"skipped_active_here": PMIS}
     assert runs["oncpu"]["reprogram_counter"]["by_cause"]["handle_event"] == 0
     # the difference is visible measured as well as modeled
     assert a["modeled_ns"]["mean"] > 1000 * o["modeled_ns"]["mean"]
@@ -64,14 +91,14 @@ def test_events_created_and_released_per_guest_pmi(seed_run):
     per_pmi = {"always": 2, "oncpu": 1, "reuse": 0, "deferred": 0}
     for policy, n in per_pmi.items():
         calls = runs[policy]["perf_calls"]
-        assert calls["create"] == 1 + n * 30, policy
-        assert calls["release"] == n * 30, policy
+        assert calls["create"] == 1 + n * PMIS, policy
+        assert calls["release"] == n * PMIS, policy
     for policy in ("reuse", "deferred"):
         r = runs[policy]
-        assert r["perf_calls"]["pause"] >= 2 * 30 and r["perf_calls"]["enable"] >= 2 * 30
-        assert r["handle_event"]["by_reason"].get("resumed", 0) >= 30
+        assert r["perf_calls"]["pause"] >= 2 * PMIS and r["perf_calls"]["enable"] >= 2 * PMIS
+        assert r["handle_event"]["by_reason"].get("resumed", 0) >= PMIS
         assert r["handle_event"]["modeled_ns"]["p50"] < 10_000
-    assert runs["always"]["entry_retries"] == 30 and runs["deferred"]["entry_retries"] == 0
+    assert runs["always"]["entry_retries"] == PMIS and runs["deferred"]["entry_retries"] == 0
 
 
 def test_guest_visible_results_are_identical_across_policies(seed_run):
@@ -89,8 +116,30 @@ def test_run_directory_and_no_process_left(seed_run):
     for name in ("host.log", "kvm-vm0.log", "guest-vm0.log", "config.toml", "results.json"):
         assert os.path.exists(os.path.join(out, name)), name
     assert oct(os.stat(out).st_mode & 0o777) == "0o700"
-    assert "READY" in open(os.path.join(out, "kvm-vm0.log")).read()
+    assert "READY" in read(os.path.join(out, "kvm-vm0.log"))
     assert_no_process_left(out)
+
+
+def test_docs_results_md_names_every_key_of_results_json(seed_run):
+    """Each key of results.json (and of each run) is documented, and each key the document
+    names is one the report writes (or writes after a failure / for a guest program)."""
+    import re
+    _, results, _ = seed_run
+    text = read(os.path.join(ROOT, "docs", "results.md"))
+    named = set(re.findall(r"`([a-z_0-9]+)`", text))
+    run = results["runs"][0]
+    for key in [*results, *run, *run["handle_event"], *run["pmis"], *run["host_perf"]]:
+        assert key in named, key
+
+    def keys(value):
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+    written = keys(results) | {"partial_reports", "guest_program", "checks", "errors"}
+    files = {"config", "pids", "keys", "launcher", "results"}
+    assert not named - written - files, sorted(named - written - files)
 
 
 def test_over_tcp(tmp_path):
@@ -99,7 +148,7 @@ def test_over_tcp(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = results["runs"][0]
     assert run["pmis"]["handled"] == 10 and run["handle_event"]["skipped"] == 10
-    assert "tcp://" in open(f"{out}/host.log").read()
+    assert "tcp://" in read(f"{out}/host.log")
     assert_no_process_left(out)
 
 
@@ -115,13 +164,11 @@ def test_invalid_configuration_is_refused_before_any_process_starts(tmp_path):
 
 
 def test_sigint_stops_every_process_and_keeps_partial_counts(tmp_path):
-    import json
     import os
     import signal
     import subprocess
     import sys
     import time
-    from conftest import LAUNCH
     out = str(tmp_path / "run")
     proc = subprocess.Popen([*LAUNCH, "--out", out, "--pmis", "1000000",
                              "--policy", "oncpu", "--host-preset", "small"],
@@ -135,7 +182,7 @@ def test_sigint_stops_every_process_and_keeps_partial_counts(tmp_path):
     stdout, _ = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 5.0
     assert proc.returncode == 3
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     assert results["complete"] is False and results["error"] == "interrupted"
     run = results["runs"][0]
     assert run["stop_reason"] == "interrupted" and run["pmis"]["handled"] > 0
@@ -147,7 +194,6 @@ def test_a_process_started_by_hand_joins_the_run(tmp_path):
     import subprocess
     import sys
     import time
-    from conftest import LAUNCH
     out = str(tmp_path / "run")
     launcher = subprocess.Popen([*LAUNCH, "--out", out, "--transport", "tcp",
                                  "--external", "host", "--pmis", "5", "--host-preset", "small"],

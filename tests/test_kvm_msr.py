@@ -2,10 +2,10 @@
 import pytest
 
 from common import msr
-from conftest import EN_INSTR_INT, program_counter0
 from kvm.pmu import KVM_REQ_PMI, KVM_REQ_PMU, GuestFault
+from support import EN_INSTR_INT, program_counter0
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
 
 def test_reset_state(make_pmu):

@@ -14,9 +14,14 @@ import tomllib
 import pytest
 
 from common import config, launcher, results
-from conftest import LAUNCH, ROOT, assert_no_process_left, launch
+from support import LAUNCH, ROOT, assert_no_process_left, launch, load_json, read
 
 QUICK = ("--policy", "oncpu", "--pmis", "2", "--host-preset", "small")
+
+
+def read_bytes(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def refused(capsys, *argv) -> str:
@@ -28,13 +33,14 @@ def refused(capsys, *argv) -> str:
 
 
 def snapshot(path) -> dict:
-    return {p: (os.stat(p).st_mode, open(p, "rb").read() if os.path.isfile(p) else None)
+    return {p: (os.stat(p).st_mode, read_bytes(p) if os.path.isfile(p) else None)
             for p in [str(path), *(os.path.join(path, n) for n in os.listdir(path))]}
 
 
 # --- the configuration as a scenario file ---------------------------------------------------------
 
 @pytest.mark.parametrize("source", ["defaults", "seed.toml", "multi.toml", "odd"])
+@pytest.mark.unit
 def test_toml_writer_reads_back_to_the_same_configuration(source):
     if source == "defaults":
         cfg = config.DEFAULTS
@@ -47,6 +53,7 @@ def test_toml_writer_reads_back_to_the_same_configuration(source):
     assert tomllib.loads(config.to_toml(cfg)) == cfg
 
 
+@pytest.mark.system
 def test_saved_configuration_replays_the_same_counts(tmp_path):
     args = ("--policy", "always,oncpu", "--pmis", "6", "--host-preset", "small", "--seed", "3",
             "--guest-context-switch-ms", "3")
@@ -54,7 +61,8 @@ def test_saved_configuration_replays_the_same_counts(tmp_path):
     assert proc.returncode == 0, proc.stderr
     saved = os.path.join(out, "config.toml")
     assert not os.path.exists(os.path.join(out, "config.json"))
-    replay = tomllib.load(open(saved, "rb"))
+    with open(saved, "rb") as f:
+        replay = tomllib.load(f)
     assert "out" not in replay["launch"] and replay["guest"]["context_switch_ms"] == 3
     assert "max_exits" not in replay["run"]            # derived from the work: derived again
     proc, again, _ = launch(tmp_path / "b", "--scenario", saved)
@@ -66,6 +74,7 @@ def test_saved_configuration_replays_the_same_counts(tmp_path):
     assert [counts(r) for r in again["runs"]] == [counts(r) for r in first["runs"]]
 
 
+@pytest.mark.system
 def test_results_say_what_produced_them(tmp_path):
     proc, results, _ = launch(tmp_path, *QUICK)
     assert proc.returncode == 0, proc.stderr
@@ -81,6 +90,7 @@ def test_results_say_what_produced_them(tmp_path):
 
 # --- budgets: a comparison never compares different amounts of work ------------------------------
 
+@pytest.mark.system
 def test_default_budgets_hold_every_policys_work(seed_run):
     """The budgets derived for --pmis 1000 hold 1000 PMIs at what each policy spent per PMI in
     the seed run (30 PMIs, one-time costs included); a 1000-PMI run takes a minute (measured in
@@ -94,6 +104,7 @@ def test_default_budgets_hold_every_policys_work(seed_run):
         assert 1000 * run["exits"]["total"] / pmis < derived["max_exits"]
 
 
+@pytest.mark.system
 def test_a_one_time_cost_is_shown_apart_from_the_steady_state(seed_run):
     """deferred creates its event in kvm_pmu_handle_event, on the host PMU's first reservation;
     every later call is a few hundred ns."""
@@ -105,6 +116,7 @@ def test_a_one_time_cost_is_shown_apart_from_the_steady_state(seed_run):
     assert "first / steady mean" in proc.stdout and "p50 / p99 / max" in proc.stdout
 
 
+@pytest.mark.unit
 def test_budgets_set_by_hand_or_for_a_guest_program_are_not_derived(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text("[run]\nmax_exits = 777\n")
@@ -116,6 +128,7 @@ def test_budgets_set_by_hand_or_for_a_guest_program_are_not_derived(tmp_path):
     assert derived == {} and cfg["run"]["max_exits"] == config.DEFAULTS["run"]["max_exits"]
 
 
+@pytest.mark.system
 def test_a_run_a_budget_stopped_says_so_on_its_own_line_and_exits_4(tmp_path):
     proc, results, _ = launch(tmp_path, "--policy", "always,reuse", "--pmis", "30",
                               "--max-modeled-ms", "1000")
@@ -131,6 +144,7 @@ def test_a_run_a_budget_stopped_says_so_on_its_own_line_and_exits_4(tmp_path):
 
 # --- run directories ---------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_a_non_empty_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
     folder = tmp_path / "mine"
     folder.mkdir(mode=0o755)
@@ -141,6 +155,7 @@ def test_a_non_empty_folder_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert snapshot(folder) == before
 
 
+@pytest.mark.unit
 def test_an_existing_file_is_refused(tmp_path, capsys):
     path = tmp_path / "results.txt"
     path.write_text("keep me")
@@ -149,12 +164,14 @@ def test_an_existing_file_is_refused(tmp_path, capsys):
     assert path.read_text() == "keep me"
 
 
+@pytest.mark.unit
 def test_any_os_error_is_one_line_naming_the_path(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     err = refused(capsys, "--out", str(tmp_path / "file" / "run"), *QUICK)
     assert str(tmp_path / "file") in err and "Not a directory" in err
 
 
+@pytest.mark.system
 def test_a_read_only_file_system_is_one_line(tmp_path):
     """--out on a read-only bind mount, made in a mount namespace of the test's own (root
     ignores a folder's permissions, not a read-only mount)."""
@@ -173,6 +190,7 @@ def test_a_read_only_file_system_is_one_line(tmp_path):
     assert os.listdir(ro) == []
 
 
+@pytest.mark.unit
 def test_folders_it_makes_are_private_and_existing_ones_keep_their_mode(tmp_path, monkeypatch):
     os.chmod(tmp_path, 0o755)
     monkeypatch.chdir(tmp_path)
@@ -182,6 +200,7 @@ def test_folders_it_makes_are_private_and_existing_ones_keep_their_mode(tmp_path
         ["0o755", "0o700", "0o700"]
 
 
+@pytest.mark.system
 def test_an_empty_folder_is_used_as_it_is_and_force_makes_a_subfolder(tmp_path):
     folder = tmp_path / "shared"
     folder.mkdir(mode=0o755)
@@ -204,6 +223,7 @@ def test_an_empty_folder_is_used_as_it_is_and_force_makes_a_subfolder(tmp_path):
 
 # --- what a run prints ----------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_the_banner_describes_what_runs():
     def banner(*argv):
         cfg, derived = launcher.resolve_config(launcher.parse_args(list(argv)))
@@ -221,6 +241,7 @@ def test_the_banner_describes_what_runs():
     assert "perf record" not in program and "derived" not in program
 
 
+@pytest.mark.unit
 def test_check_lines_name_only_what_applies():
     run = {"policy": "oncpu", "invariants": {"violations": [
                {"kind": "missing_pmi", "vcpu": 1, "counter": 0, "detail": "late"}]},
@@ -232,8 +253,9 @@ def test_check_lines_name_only_what_applies():
         "VIOLATION [oncpu] program_error: vcpu 0: ValueError: boom"]
 
 
+@pytest.mark.system
 def test_host_log_names_the_run_and_policy_in_one_summary_line(seed_run):
-    log = open(os.path.join(seed_run[2], "host.log")).read()
+    log = read(os.path.join(seed_run[2], "host.log"))
     lines = re.findall(r"run (\d) summary \(policy (\w+)\): host PMU reserved \d+ and released "
                        r"\d+ times, static key enabled \d+ and disabled \d+ times, \d+ overflows",
                        log)
@@ -241,6 +263,7 @@ def test_host_log_names_the_run_and_policy_in_one_summary_line(seed_run):
     assert "summary: {" not in log
 
 
+@pytest.mark.system
 def test_bench_floor_leaves_nothing_behind(tmp_path):
     for transport in ("ipc", "tcp"):
         proc = subprocess.run([LAUNCH[0], os.path.join(ROOT, "scripts", "bench_floor.py"),
@@ -252,6 +275,7 @@ def test_bench_floor_leaves_nothing_behind(tmp_path):
 
 # --- processes: progress and ports -----------------------------------------------------------
 
+@pytest.mark.system
 def test_progress_moves_in_a_healthy_run(tmp_path):
     proc, results, _ = launch(tmp_path, "--policy", "oncpu", "--pmis", "40", "--host-preset",
                               "small", "--stuck-after", "1.5")
@@ -260,6 +284,7 @@ def test_progress_moves_in_a_healthy_run(tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["kvm_stall", "guest_stall"])
+@pytest.mark.system
 def test_a_process_that_beats_but_makes_no_progress_is_stuck(tmp_path, fault):
     out = str(tmp_path / "run")
     proc = subprocess.run([*LAUNCH, "--out", out, *QUICK, "--stuck-after", "1.5"],
@@ -272,11 +297,12 @@ def test_a_process_that_beats_but_makes_no_progress_is_stuck(tmp_path, fault):
     else:
         assert "kvm-vm0: no step yet" in proc.stderr and "making a cpuid exit" in proc.stderr
     assert "no heartbeat" not in proc.stderr
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     assert results["complete"] is False and "stuck" in results["error"]
     assert_no_process_left(out)
 
 
+@pytest.mark.unit
 def test_every_process_binds_its_own_tcp_port(tmp_path):
     cfg, _ = launcher.resolve_config(launcher.parse_args(["--transport", "tcp",
                                                           "--insecure-tcp"]))

@@ -4,6 +4,7 @@ import pathlib
 
 import pytest
 
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROCESSES = ("host", "kvm", "guest")
 
@@ -21,7 +22,6 @@ def imported(path: pathlib.Path) -> set[str]:
     return names
 
 
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize("package", PROCESSES)
 def test_a_process_imports_no_other_process(package):
     files = sorted((ROOT / package).rglob("*.py"))
@@ -31,7 +31,6 @@ def test_a_process_imports_no_other_process(package):
     assert not {f: names for f, names in bad.items() if names}
 
 
-@pytest.mark.timeout(30)
 def test_the_check_sees_an_import_across_processes(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from kvm.pmu import KvmPmu\n    import host.perf as p\n")

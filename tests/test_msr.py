@@ -3,7 +3,7 @@ import pytest
 
 from common import msr
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
 
 @pytest.mark.parametrize("index, named", [

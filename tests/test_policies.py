@@ -4,9 +4,9 @@ import os
 import pytest
 
 from common import msr
-from conftest import EN_INSTR_INT, ROOT, launch, program_counter0
 from kvm import policies
 from kvm.pmu import KVM_REQ_PMU
+from support import EN_INSTR_INT, ROOT, launch, program_counter0
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -25,6 +25,7 @@ def linux_handler(pmu, period):
         entry()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("policy", policies.BUILTIN)
 def test_one_pmi_cycle_keeps_counts_right(make_pmu, policy):
     pmu, perf, host = make_pmu(policy)
@@ -44,6 +45,7 @@ def test_one_pmi_cycle_keeps_counts_right(make_pmu, policy):
     assert pmu.stats["overflows"] == 4
 
 
+@pytest.mark.unit
 def test_reuse_resumes_with_a_full_period_when_the_counter_is_zero(make_pmu):
     pmu, perf, host = make_pmu("reuse")
     program_counter0(pmu, 1000)
@@ -57,6 +59,7 @@ def test_reuse_resumes_with_a_full_period_when_the_counter_is_zero(make_pmu):
     assert host.events[handle].sample_period == msr.COUNTER_MASK + 1
 
 
+@pytest.mark.unit
 def test_reuse_recreates_when_the_config_changed(make_pmu):
     pmu, perf, _ = make_pmu("reuse")
     program_counter0(pmu, 1000)
@@ -66,6 +69,7 @@ def test_reuse_recreates_when_the_config_changed(make_pmu):
     assert "create" in perf.calls and pmu.gp[0].perf_event != old
 
 
+@pytest.mark.unit
 def test_reuse_falls_back_when_the_period_is_rejected(make_pmu):
     pmu, perf, host = make_pmu("reuse")
     program_counter0(pmu, 1000)
@@ -76,6 +80,7 @@ def test_reuse_falls_back_when_the_period_is_rejected(make_pmu):
     assert pmu.stats["handle_event"] == {"reprogrammed_period_rejected": 1}
 
 
+@pytest.mark.unit
 def test_reuse_lazy_release_after_an_unused_time_slice(make_pmu):
     pmu, perf, _ = make_pmu("reuse")
     program_counter0(pmu, 1000)
@@ -91,6 +96,7 @@ def test_reuse_lazy_release_after_an_unused_time_slice(make_pmu):
     assert pmu.stats["reprogram_counter"]["sched_in_cleanup"] == 1
 
 
+@pytest.mark.unit
 def test_deferred_only_marks_on_msr_writes(make_pmu):
     pmu, perf, _ = make_pmu("deferred")
     perf.calls.clear()
@@ -103,6 +109,7 @@ def test_deferred_only_marks_on_msr_writes(make_pmu):
 
 @pytest.mark.parametrize("policy, masked", [("always", False), ("reuse", False),
                                             ("deferred", True)])
+@pytest.mark.unit
 def test_lvtpc_mask_on_delivery(make_pmu, policy, masked):
     pmu, _, _ = make_pmu(policy)
     pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
@@ -110,6 +117,7 @@ def test_lvtpc_mask_on_delivery(make_pmu, policy, masked):
     assert bool(pmu.lvtpc & msr.APIC_LVT_MASKED) == masked
 
 
+@pytest.mark.unit
 def test_policy_from_a_file():
     policy = policies.load(os.path.join(ROOT, "tests", "policy_counting_skip.py"))
     assert policy.name == "skip-always"
@@ -117,6 +125,7 @@ def test_policy_from_a_file():
         policies.load("nonesuch")
 
 
+@pytest.mark.system
 @pytest.mark.timeout(120)
 def test_policy_file_runs_through_the_launcher(tmp_path):
     path = os.path.join(ROOT, "tests", "policy_counting_skip.py")

@@ -3,8 +3,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -13,29 +11,19 @@ import zmq
 import zmq.auth
 
 from common import schema
-from conftest import LAUNCH, assert_no_process_left, launch
 from fuzz import CLASSES
+from support import assert_no_process_left, launch, load_json, read
+from support import start_launcher as start
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 PER_CLASS = 500
-
-
-def start(out, *args, env=None):
-    proc = subprocess.Popen([*LAUNCH, "--out", out, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
-    deadline = time.monotonic() + 30
-    while not os.path.exists(os.path.join(out, "pids.json")):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    return proc
 
 
 def wait_for_line(path, pattern, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.exists(path):
-            m = re.search(pattern, open(path).read())
+            m = re.search(pattern, read(path))
             if m:
                 return m
         time.sleep(0.05)
@@ -112,15 +100,15 @@ def test_fuzzing_every_endpoint_of_a_live_run(tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, stdout + stderr     # interrupted, as asked
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     run = results["runs"][0]
     assert run["stop_reason"] == "interrupted" and run["pmis"]["handled"] > 0
     assert run["invariants"]["violations"] == []
     counts = {"launcher": results["launcher_protocol_errors"]}
-    log = open(os.path.join(out, "host.log")).read()
+    log = read(os.path.join(out, "host.log"))
     counts["host"] = json.loads(re.search(r"protocol errors received, by class: (\{.*\})",
                                           log).group(1).replace("'", '"'))
-    klog = open(os.path.join(out, "kvm-vm0.log")).read()
+    klog = read(os.path.join(out, "kvm-vm0.log"))
     counts["kvm"] = json.loads(re.search(r"protocol errors on the guest links, by class: "
                                          r"(\{.*\})", klog).group(1).replace("'", '"'))
     for where, got in counts.items():
@@ -137,18 +125,18 @@ def test_kill_9_of_each_process(tmp_path, role):
     proc = start(out, "--policy", "oncpu", "--pmis", "1000000", "--host-preset", "small")
     wait_for_line(os.path.join(out, "kvm-vm0.log"), r"vCPU thread up")
     time.sleep(0.5)
-    pid = json.load(open(os.path.join(out, "pids.json")))[role]
+    pid = load_json(os.path.join(out, "pids.json"))[role]
     os.kill(pid, signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert f"{role} (pid {pid}) killed by signal 9" in stderr
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     assert results["complete"] is False
     survivors = {"host", "kvm-vm0", "guest-vm0"} - {role}
     assert set(results["partial_reports"]) == survivors
     assert all(results["exit_codes"][n] == 5 for n in survivors)
     for name in survivors:
-        assert "run aborted by the launcher" in open(os.path.join(out, f"{name}.log")).read()
+        assert "run aborted by the launcher" in read(os.path.join(out, f"{name}.log"))
     assert_no_process_left(out)
 
 
@@ -176,7 +164,7 @@ def test_signals_to_the_launcher_stop_everything_within_5_s(tmp_path, sig):
     proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 5
     assert proc.returncode == 3
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     assert results["complete"] is False and results["runs"][0]["pmis"]["handled"] > 0
     assert_no_process_left(out)
 
@@ -187,7 +175,7 @@ def test_shutdown_ladder_ends_with_sigkill_for_a_deaf_process(tmp_path):
     proc = start(out, "--policy", "oncpu", "--pmis", "3", "--host-preset", "small",
                  env={"VPMU_FAULTS": "ignore_shutdown"})
     stdout, stderr = proc.communicate(timeout=60)
-    results = json.load(open(os.path.join(out, "results.json")))
+    results = load_json(os.path.join(out, "results.json"))
     assert results["complete"] is True
     assert set(results["exit_codes"].values()) == {-signal.SIGKILL}
     assert proc.returncode == 2 and "did not exit cleanly" in stderr
@@ -221,11 +209,11 @@ def test_curve_refuses_strangers_and_the_run_goes_on(tmp_path):
         ctx.term()
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stdout + stderr
-    log = open(os.path.join(out, "host.log")).read()
+    log = read(os.path.join(out, "host.log"))
     assert "refused a peer: its CURVE key is not one of this run's" in log
     assert "refused a peer: failed CURVE handshake" in log           # the keyless one
     assert "(CurveZMQ)" in log and "protocol error" not in log
-    run = json.load(open(os.path.join(out, "results.json")))["runs"][0]
+    run = load_json(os.path.join(out, "results.json"))["runs"][0]
     assert run["pmis"]["handled"] == 1500 and run["invariants"]["violations"] == []
     assert oct(os.stat(os.path.join(out, "keys", "host.key_secret")).st_mode & 0o777) == "0o600"
 
@@ -235,9 +223,9 @@ def test_tcp_on_different_loopback_addresses_with_curve(tmp_path):
                                 "--host-addr", "127.0.0.3", "--kvm-addr", "127.0.0.2",
                                 "--policy", "oncpu", "--pmis", "10", "--host-preset", "small")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "'perf': 'tcp://127.0.0.3:" in open(os.path.join(out, "host.log")).read()
-    assert "guest endpoint tcp://127.0.0.2:" in open(os.path.join(out, "kvm-vm0.log")).read()
-    assert "(CurveZMQ)" in open(os.path.join(out, "guest-vm0.log")).read()
+    assert "'perf': 'tcp://127.0.0.3:" in read(os.path.join(out, "host.log"))
+    assert "guest endpoint tcp://127.0.0.2:" in read(os.path.join(out, "kvm-vm0.log"))
+    assert "(CurveZMQ)" in read(os.path.join(out, "guest-vm0.log"))
     assert_no_process_left(out)
 
 
@@ -246,7 +234,7 @@ def test_insecure_tcp_is_said_in_every_log(tmp_path):
                           "--pmis", "3", "--host-preset", "small")
     assert proc.returncode == 0
     for name in ("host", "kvm-vm0", "guest-vm0"):
-        assert "INSECURE: tcp without CurveZMQ" in open(os.path.join(out, f"{name}.log")).read()
+        assert "INSECURE: tcp without CurveZMQ" in read(os.path.join(out, f"{name}.log"))
     assert not os.path.exists(os.path.join(out, "keys"))
 
 

@@ -7,6 +7,8 @@ from common import schema
 from common.cmask import Filter
 from common.schema import MsgType, ProtocolError
 
+pytestmark = pytest.mark.unit
+
 
 def frame(**fields):
     env = {"v": [schema.PROTOCOL_MAJOR, 0], "t": "heartbeat", "s": 0, "b": {"progress": 1}}

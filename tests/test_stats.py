@@ -1,8 +1,11 @@
 """Timing summaries: the one-time sample apart from the steady ones, max beside percentiles."""
 import numpy as np
+import pytest
 
 from common import stats
 from common.stats import Samples, summary
+
+pytestmark = pytest.mark.unit
 
 
 def samples(values, once_at=None, seed=0):
