@@ -13,6 +13,7 @@ import dataclasses
 import logging
 
 from common import msr
+from common.child import PROGRESS
 from guest.cpu import GuestCpu
 
 log = logging.getLogger("guest")
@@ -205,6 +206,7 @@ class X86Pmu:
         status = cpu.rdmsr(msr.MSR_CORE_PERF_GLOBAL_STATUS)
         if status:
             self.handled += 1
+            PROGRESS.pmis += 1
         loops = 0
         while status:
             loops += 1
