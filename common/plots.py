@@ -45,6 +45,11 @@ def load(run_dir: str) -> dict:
         return json.load(f)
 
 
+def legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:       # (matplotlib warns of an empty one)
+        ax.legend(fontsize=8)
+
+
 def save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, metadata={"Software": None})   # same data, same bytes
@@ -70,7 +75,7 @@ def handle_event_plot(runs: list[dict], path: str) -> str:
         ax.set_xlabel("ns per kvm_pmu_handle_event (log)")
         ax.set_title(f"kvm_pmu_handle_event, {what}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax)
     axes[0].set_ylabel("share of calls at or below")
     return save(fig, path)
 
@@ -88,7 +93,7 @@ def perf_calls_plot(runs: list[dict], path: str) -> str:
             bottom = [b + v for b, v in zip(bottom, per_pmi)]
     ax.set_ylabel("host perf calls per PMI handled")
     ax.set_title("perf calls per PMI, by op")
-    ax.legend(fontsize=8)
+    legend(ax)
     ax.grid(True, axis="y", alpha=0.3)
     return save(fig, path)
 
@@ -178,7 +183,7 @@ def sweep_plot(all_results: list[dict], path: str) -> str:
     ax.set_ylabel("modeled ns per kvm_pmu_handle_event (log; band)")
     ax.set_title("modeled kvm_pmu_handle_event against " + (", ".join(keys) or "the runs"))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     return save(fig, path)
 
 
