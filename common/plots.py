@@ -177,6 +177,8 @@ def sweep_plot(all_results: list[dict], path: str) -> str:
     ax.set_yscale("log")
     if numeric:
         ax.set_xlabel(keys[0])
+        if all(isinstance(x, int) for x in xs):         # vCPUs, PMIs: no 2.5 vCPUs
+            ax.set_xticks(sorted(set(xs)))
     else:
         ax.set_xticks(xs, labels, rotation=20, ha="right", fontsize=8)
         ax.set_xlabel(", ".join(keys) or "run")
