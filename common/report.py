@@ -16,7 +16,14 @@ import os
 
 from common import results as res
 
-PLOTS = ("plot-handle-event.png", "plot-perf-calls.png", "plot-guest-time.png", "sweep.png")
+PLOTS = {   # the files common/plots.py writes, in the page's order, and what each shows
+    "plot-handle-event.png": "kvm_pmu_handle_event per policy: the share of calls at or below a "
+                             "time, measured in this emulator and modeled for the emulated host",
+    "plot-perf-calls.png": "host perf calls per PMI the guest handled, by op",
+    "plot-guest-time.png": "the share of modeled time lost to the vPMU, and the time lost per PMI",
+    "sweep.png": "each policy's modeled kvm_pmu_handle_event mean (band) against what differs "
+                 "between the runs' configurations",
+}
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em; color: #222 }
 .wide { overflow-x: auto }
@@ -94,7 +101,8 @@ def plots(run_dir: str) -> str:
         with open(os.path.join(run_dir, name), "rb") as f:
             data = base64.b64encode(f.read()).decode("ascii")
         out.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
-                   f"<figcaption>{e(name)}</figcaption></figure>")
+                   f"<figcaption>{e(PLOTS[name])} (<code>{e(name)}</code>)</figcaption>"
+                   "</figure>")
     return "".join(out)
 
 

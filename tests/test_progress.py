@@ -7,7 +7,6 @@ from rich.console import Console
 
 from common import child, progress
 
-pytestmark = pytest.mark.unit
 
 
 class Clock:
@@ -33,6 +32,7 @@ def terminal():
     return Console(force_terminal=True, file=out, width=120), out
 
 
+@pytest.mark.unit
 def test_a_run_longer_than_a_couple_of_seconds_shows_pmis_rate_and_elapsed():
     console, out = terminal()
     clock = Clock()
@@ -46,6 +46,7 @@ def test_a_run_longer_than_a_couple_of_seconds_shows_pmis_rate_and_elapsed():
     assert "200/200" in out.getvalue() and "9.5 s" in out.getvalue()
 
 
+@pytest.mark.unit
 def test_nothing_shows_within_the_first_seconds():
     console, out = terminal()
     clock = Clock()
@@ -58,6 +59,7 @@ def test_nothing_shows_within_the_first_seconds():
     assert out.getvalue() == ""
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("quiet, is_terminal", [(True, True), (False, False)],
                          ids=["quiet", "not-a-terminal"])
 def test_off_with_quiet_or_without_a_terminal(quiet, is_terminal):
@@ -71,6 +73,7 @@ def test_off_with_quiet_or_without_a_terminal(quiet, is_terminal):
     assert out.getvalue() == ""
 
 
+@pytest.mark.unit
 def test_the_guests_heartbeats_carry_its_runs_steps_and_pmis():
     p = child.Progress()
     p.step("vCPU 1 making a cpuid exit")
@@ -80,3 +83,47 @@ def test_the_guests_heartbeats_carry_its_runs_steps_and_pmis():
     p.pmis += 12
     assert child.run_of(p.status()) == (1, 12) and p.count == 2
     assert p.status().startswith("vCPU 1 making a cpuid exit")
+
+
+@pytest.mark.system
+@pytest.mark.timeout(120)
+def test_the_launcher_shows_progress_on_a_terminal_and_not_with_quiet(tmp_path):
+    """The real launcher with its output on a pseudo-terminal: the guest's heartbeats reach the
+    display (a run of a few seconds, longer than SHOW_AFTER_S on any machine that runs the
+    suite); with --quiet the same run draws nothing."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import threading
+
+    from support import LAUNCH
+
+    def on_a_terminal(*args):
+        main, sub = pty.openpty()
+        proc = subprocess.Popen([*LAUNCH, "--policy", "oncpu", "--pmis", "1200", "--host-preset",
+                                 "small", *args], stdout=sub, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        os.close(sub)
+        seen = []
+
+        def drain():                    # a pty's buffer is small: read as the launcher writes
+            while True:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:         # EIO: the launcher closed its side
+                    break
+                if not chunk:
+                    break
+                seen.append(chunk)
+        reader = threading.Thread(target=drain)
+        reader.start()
+        assert proc.wait(timeout=100) == 0
+        reader.join(10)
+        os.close(main)
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(seen).decode(errors="replace"))
+
+    shown = on_a_terminal("--out", str(tmp_path / "a"))
+    assert "1200/1200 PMIs" in shown and "exits/s" in shown, shown[-3000:]
+    quiet = on_a_terminal("--out", str(tmp_path / "b"), "--quiet")
+    assert "/1200 PMIs" not in quiet and "exits/s" not in quiet and "oncpu" in quiet
