@@ -183,20 +183,32 @@ def run_local(todo: list[dict], workers: int, done) -> None:
             raise
 
 
-def run_dask(todo: list[dict], scheduler: str, done) -> None:
-    """Each point a task on the cluster at ``scheduler``: subprocess.run of the launcher on the
-    worker (nothing of vpmu-emu is imported there; the command is the one launch_command names)."""
-    from distributed import Client, as_completed
-    with Client(scheduler, timeout="30s") as client:
-        running = {client.submit(subprocess.run, point_argv(p), capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL, pure=False,
-                                 key=f"vpmu-point-{p['id']}-{time.time_ns()}"): p for p in todo}
-        try:
-            for fut in as_completed(running):
-                done(running[fut], fut.result())
-        except KeyboardInterrupt:
-            client.cancel(list(running))
-            raise
+def connect(scheduler: str):
+    """A Dask client of the cluster at ``scheduler``; GridError when there is none to reach."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise GridError("--scheduler needs Dask distributed: pip install 'vpmu-emu[sweep]'") \
+            from None
+    try:
+        return Client(scheduler, timeout="30s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise GridError(f"--scheduler {scheduler}: cannot reach it: {exc}") from None
+
+
+def run_dask(todo: list[dict], client, done) -> None:
+    """Each point a task on the client's cluster: subprocess.run of the launcher on the worker
+    (nothing of vpmu-emu is imported there; the command is the one launch_command names)."""
+    from distributed import as_completed
+    running = {client.submit(subprocess.run, point_argv(p), capture_output=True, text=True,
+                             stdin=subprocess.DEVNULL, pure=False,
+                             key=f"vpmu-point-{p['id']}-{time.time_ns()}"): p for p in todo}
+    try:
+        for fut in as_completed(running):
+            done(running[fut], fut.result())
+    except KeyboardInterrupt:
+        client.cancel(list(running))
+        raise
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -347,15 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.workers < 1:
             raise GridError(f"--workers {args.workers}: must be at least 1")
+        client = None
         points = expand(args.grid)
-        if args.scheduler:
-            try:
-                import distributed  # noqa: F401  (refused here, before anything runs)
-            except ImportError:
-                raise GridError("--scheduler needs Dask distributed: pip install "
-                                "'vpmu-emu[sweep]'") from None
+        client = connect(args.scheduler) if args.scheduler else None
         out = sweep_dir(args.out)
     except GridError as exc:
+        if client is not None:
+            client.close()
         print(f"sweep: {exc}", file=sys.stderr)
         return EXIT_ERROR
     t0 = time.monotonic()
@@ -378,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
 
     code = EXIT_OK
     try:
-        if args.scheduler:
-            run_dask(todo, args.scheduler, done)
+        if client is not None:
+            with client:
+                run_dask(todo, client, done)
         else:
             run_local(todo, args.workers, done)
     except KeyboardInterrupt:
