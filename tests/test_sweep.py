@@ -6,18 +6,10 @@ import sys
 
 import pytest
 
-from support import ROOT, read
+from support import SWEEP_GRID as GRID, read
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 SWEEP = [sys.executable, "-m", "common.sweep"]     # as scripts/sweep runs it
-GRID = f"""scenario = "{os.path.join(ROOT, 'scenarios', 'seed.toml')}"
-[run]
-pmis = 5
-[host]
-preset = "small"
-[grid]
-"run.policies" = ["always", "oncpu"]
-"""
 
 
 def table(out):

@@ -6,24 +6,16 @@ import tomllib
 import pytest
 
 from common import config, sweep
-from support import ROOT, read
+from support import ROOT, SWEEP_GRID, read
 
 pytestmark = pytest.mark.unit
 
-GRID = """scenario = "{seed}"
-[run]
-pmis = 5
-[host]
-preset = "small"
-[grid]
-"run.policies" = ["always", "oncpu"]
-"guest.period" = [10000000, 2000000, 500000]
-"""
+GRID = SWEEP_GRID + '"guest.period" = [10000000, 2000000, 500000]\n'
 
 
 def grid(tmp_path, text):
     path = tmp_path / "g.toml"
-    path.write_text(text.format(seed=os.path.join(ROOT, "scenarios", "seed.toml")))
+    path.write_text(text)
     return str(path)
 
 
