@@ -80,24 +80,23 @@ def load_grid(path: str) -> tuple[dict, dict]:
     return base, axes
 
 
-def absolute_files(layer: dict, where: str) -> dict:
-    """The files a scenario names (policy files, a guest program), absolute: a point runs the
-    same files from its own folder or a Dask worker."""
+def absolute_files(layer: dict) -> dict:
+    """The files a scenario names (policy files, a guest program), absolute (relative ones are
+    relative to the current folder, as for the launcher): a point runs the same files from a
+    Dask worker."""
     run = layer.get("run", {})
     if isinstance(run.get("guest_program"), str) and run["guest_program"]:
-        run["guest_program"] = os.path.abspath(os.path.join(where, run["guest_program"]))
+        run["guest_program"] = os.path.abspath(run["guest_program"])
     if isinstance(run.get("policies"), list):
-        run["policies"] = [os.path.abspath(os.path.join(where, p))
-                           if isinstance(p, str) and p.endswith(".py") else p
+        run["policies"] = [os.path.abspath(p) if isinstance(p, str) and p.endswith(".py") else p
                            for p in run["policies"]]
     return layer
 
 
 def expand(path: str) -> list[dict]:
     """Every point of the grid at ``path``, validated as the launcher would: each a dict of its
-    id, swept values and scenario layer. Relative files are relative to the grid file."""
+    id, swept values and scenario layer."""
     base, axes = load_grid(path)
-    where = os.path.dirname(os.path.abspath(path))
     points, seen = [], set()
     for combo in itertools.product(*axes.values()):
         layer = copy.deepcopy(base)
@@ -107,7 +106,7 @@ def expand(path: str) -> list[dict]:
             if key == "run.policies" and isinstance(value, str):
                 value = [value]                     # one policy per point
             layer.setdefault(section, {})[name] = value
-        layer = absolute_files(layer, where)
+        layer = absolute_files(layer)
         label = f"{path} at " + ", ".join(f"{k} = {v!r}" for k, v in values.items())
         try:
             config.validate(config.merge(config.DEFAULTS, layer, label), label)

@@ -88,3 +88,11 @@ def test_without_pyarrow_the_table_is_csv(tmp_path, monkeypatch):
     path = sweep.write_table(table, str(tmp_path))
     assert path.endswith("sweep.csv")
     assert read(path).splitlines() == ["point,vm.pin,x", "a,compact,1", "b,\"[0, 1]\",2.5"]
+
+
+def test_files_a_grid_names_are_made_absolute_for_the_points(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)                  # relative to the current folder, as for the launcher
+    text = GRID.replace('"run.policies" = ["always", "oncpu"]',
+                        '"run.policies" = ["always", "tests/policy_counting_skip.py"]')
+    policies = [p["scenario"]["run"]["policies"] for p in sweep.expand(grid(tmp_path, text))]
+    assert [os.path.join(ROOT, "tests", "policy_counting_skip.py")] in policies
