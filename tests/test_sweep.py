@@ -1,5 +1,6 @@
 """Sweeps run for real: each point a launcher with its processes, on the local pool and on a Dask
 LocalCluster; an interrupted sweep resumes without rerunning finished points."""
+import csv
 import os
 import subprocess
 import sys
@@ -13,9 +14,25 @@ SWEEP = [sys.executable, "-m", "common.sweep"]     # as scripts/sweep runs it
 
 
 def table(out):
-    """The sweep's table as rows (Parquet: the tests install pyarrow with the sweep extra)."""
-    import pyarrow.parquet
-    return pyarrow.parquet.read_table(os.path.join(out, "sweep.parquet")).to_pylist()
+    """The sweep's table as rows: Parquet (./scripts/test installs pyarrow), else its CSV."""
+    path = os.path.join(out, "sweep.parquet")
+    if os.path.exists(path):
+        import pyarrow.parquet
+        return pyarrow.parquet.read_table(path).to_pylist()
+    with open(os.path.join(out, "sweep.csv"), newline="") as f:
+        return [{k: typed(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def typed(text: str):
+    """A CSV cell as the value it was written from."""
+    if text in ("", "True", "False"):
+        return None if not text else text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def sweep(*args):
