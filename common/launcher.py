@@ -14,6 +14,7 @@ The exit code says how the run went, the first that applies of:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -471,15 +472,16 @@ class Launcher:
         reports = {name: self.final_report(name, run, 10)
                    for name in ("guest-vm0", "kvm-vm0", "host")}
         wall = time.monotonic() - t0
+        by_kind = lambda kind: [r for r in reports.values() if isinstance(r, kind)]  # noqa: E731
         run_result = results.build_run(policy, cfg, preset(cfg["host"]["preset"]),
-                                       reports["host"], reports["kvm-vm0"],
-                                       reports["guest-vm0"], wall, reason)
+                                       reports["host"], by_kind(schema.KvmReport),
+                                       by_kind(schema.GuestReport), wall, reason)
         run_result["incomplete"] = results.incomplete(run_result, self.cfg)
         self.runs.append(run_result)
         if reason == "interrupted":
             raise KeyboardInterrupt
 
-    def final_report(self, name: str, run: int, timeout_s: float) -> dict:
+    def final_report(self, name: str, run: int, timeout_s: float):
         """FINISH one process's run and wait for what it counted, even after Ctrl-C."""
         self.control.send(schema.Finish(run), name.encode())
         return self.expect(MsgType.REPORT, {name}, timeout_s, interruptible=False)[1].body.stats
@@ -492,7 +494,7 @@ class Launcher:
             if name in self.children and not self.children[name].alive():
                 continue
             try:
-                reports[name] = self.final_report(name, run, 5)
+                reports[name] = dataclasses.asdict(self.final_report(name, run, 5))
             except (LaunchError, transport.PeerLost):
                 continue
         return reports

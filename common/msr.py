@@ -8,12 +8,16 @@ from __future__ import annotations
 COUNTER_WIDTH = 48
 COUNTER_MASK = (1 << COUNTER_WIDTH) - 1
 U64 = (1 << 64) - 1
+# The longest period perf arms a counter with when writes are full width: intel_pmu_init() sets
+# x86_pmu.max_period = x86_pmu.cntval_mask >> 1 when PERF_CAPABILITIES.FW_WRITE is set.
+MAX_PERIOD = COUNTER_MASK >> 1
 
 # MSRs
 MSR_IA32_PERFCTR0 = 0xC1          # legacy PERFCTRi: 32-bit writes, sign-extended
 MSR_IA32_PMC0 = 0x4C1             # full-width alias
 MSR_P6_EVNTSEL0 = 0x186           # PERFEVTSELi
 MSR_CORE_PERF_FIXED_CTR0 = 0x309
+BANK_MSRS = 8                     # MSRs of each bank above in the architectural range
 MSR_CORE_PERF_FIXED_CTR_CTRL = 0x38D
 MSR_CORE_PERF_GLOBAL_STATUS = 0x38E
 MSR_CORE_PERF_GLOBAL_CTRL = 0x38F
@@ -90,3 +94,75 @@ def sign_extend_32(value: int) -> int:
     """A legacy PERFCTR write: (s64)(s32)data, as a 64-bit pattern."""
     value &= 0xFFFFFFFF
     return value | (U64 ^ 0xFFFFFFFF) if value & 0x80000000 else value
+
+
+# --- which counter an MSR or an RDPMC ECX names ---------------------------------------------------
+
+def counter_msr(index: int) -> tuple[int, str] | None:
+    """The counter a counter MSR names and how a write to it is taken, or None for another MSR.
+
+    GP counter i is pmc index i through its legacy PERFCTRi (``"legacy"``: a write is 32 bits,
+    sign-extended) or its full-width alias PMCi (``"full"``); fixed counter j is 32 + j
+    (``"fixed"``). Whether the counter exists is up to the PMU that has it (KVM's get_gp_pmc /
+    get_fixed_pmc check the index against the vCPU's counters)."""
+    if MSR_IA32_PERFCTR0 <= index < MSR_IA32_PERFCTR0 + BANK_MSRS:
+        return index - MSR_IA32_PERFCTR0, "legacy"
+    if MSR_IA32_PMC0 <= index < MSR_IA32_PMC0 + BANK_MSRS:
+        return index - MSR_IA32_PMC0, "full"
+    if MSR_CORE_PERF_FIXED_CTR0 <= index < MSR_CORE_PERF_FIXED_CTR0 + BANK_MSRS:
+        return FIXED_IDX_BASE + index - MSR_CORE_PERF_FIXED_CTR0, "fixed"
+    return None
+
+
+def evtsel_msr(index: int) -> int | None:
+    """The GP counter whose PERFEVTSEL ``index`` is, or None for another MSR."""
+    if MSR_P6_EVNTSEL0 <= index < MSR_P6_EVNTSEL0 + BANK_MSRS:
+        return index - MSR_P6_EVNTSEL0
+    return None
+
+
+def written_value(access: str, data: int) -> int:
+    """What a WRMSR of ``data`` puts into the counter through an access of ``counter_msr``
+    (before the counter width applies): the legacy MSRs sign-extend 32 bits."""
+    return sign_extend_32(data) if access == "legacy" else data
+
+
+def counter_msr_of(idx: int) -> int:
+    """The MSR a driver with full-width writes uses for counter ``idx``: PMCi (x86_pmu.perfctr =
+    MSR_IA32_PMC0 in intel_pmu_init) or FIXED_CTRj."""
+    if idx >= FIXED_IDX_BASE:
+        return MSR_CORE_PERF_FIXED_CTR0 + idx - FIXED_IDX_BASE
+    return MSR_IA32_PMC0 + idx
+
+
+def rdpmc_counter(ecx: int) -> int | None:
+    """The counter an RDPMC ECX names (bit 30 selects the fixed counters), or None for a fast
+    read (bit 31) or an index past the architectural range."""
+    if ecx & RDPMC_FAST:
+        return None
+    idx = ecx & ~RDPMC_FIXED
+    if idx >= FIXED_IDX_BASE:
+        return None
+    return FIXED_IDX_BASE + idx if ecx & RDPMC_FIXED else idx
+
+
+def rdpmc_ecx(idx: int) -> int:
+    """The RDPMC ECX that reads counter ``idx``."""
+    return RDPMC_FIXED | (idx - FIXED_IDX_BASE) if idx >= FIXED_IDX_BASE else idx
+
+
+# --- whether a counter counts ---------------------------------------------------------------------
+
+def locally_enabled(idx: int, config: int) -> bool:
+    """The counter's own enable: EN of a GP counter's event select, OS or USR of a fixed
+    counter's FIXED_CTR_CTRL field (``config``). KVM's pmc_speculative_in_use (5.5; named
+    pmc_is_locally_enabled since 6.x)."""
+    if idx >= FIXED_IDX_BASE:
+        return bool(config & (FIXED_CTRL_OS | FIXED_CTRL_USR))
+    return bool(config & EVTSEL_EN)
+
+
+def counter_enabled(idx: int, config: int, global_ctrl: int) -> bool:
+    """Both enables, as reprogram_{gp,fixed}_counter test them: the counter's own and its
+    GLOBAL_CTRL bit (intel_pmc_is_enabled: test_bit(pmc->idx, &pmu->global_ctrl))."""
+    return bool(global_ctrl >> idx & 1) and locally_enabled(idx, config)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
-from common import costs
+from common import costs, schema
 from common.stats import summary
 from common.topology import preset
 
-ALWAYS_VIOLATION_OK = ("counter_unavailable",)
+# Violations that do not fail a run: the host explains them (see classify).
+EXPLAINED_VIOLATIONS = ("counter_unavailable",)
 SHOW_PER_KIND = 5
 TARGETS = ("pmis", "program_done")          # how a vCPU's run ends when it did all its work
 OWN_LINES = ("program_error", "interrupted")   # ends that are reported (and exit) otherwise
@@ -24,87 +26,95 @@ def add_counts(dicts) -> dict:
     return dict(total)
 
 
-def build_run(policy: str, cfg: dict, topo, host: dict, kvm: dict, guest: dict,
-              wall_s: float, reason: str) -> dict:
-    kv, gv = kvm["vcpus"], guest["vcpus"]
-    measured = [v["handle_event"]["measured_ns"] for v in kv]
-    modeled = [v["handle_event"]["modeled_ns"] for v in kv]
-    by_reason = add_counts(v["handle_event"]["by_reason"] for v in kv)
-    skipped = sum(n for r, n in by_reason.items() if r.startswith("skipped"))
-    by_cause = add_counts(v["reprogram_counter"] for v in kv)
-    exits = add_counts(v["exits"] for v in kv)
-    violations = classify(gv, host.get("unavailable", {}))
-    migrations = add_counts(v["migrations"] for v in kv)
-    total_ns = sum(v["modeled_total_ns"] for v in kv)
-    guest_ns = sum(v["modeled_guest_ns"] for v in kv)
+def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
+              kvms: list[schema.KvmReport], guests: list[schema.GuestReport], wall_s: float,
+              reason: str) -> dict:
+    """One run of results.json from the reports of the host and of each VM's KVM and guest."""
+    kv = [v for k in kvms for v in k.vcpus]
+    gv = [v for g in guests for v in g.vcpus]
     low, mid, high = costs.bands(cfg["costs"], topo)
-    he_counts = add_counts(v["handle_event"]["ledger"] for v in kv)
-    calls = sum(m["count"] for m in modeled)
-    nmi_measured = [v["nmi_handler"]["measured_ns"] for v in kv]
-    nmi_modeled = [v["nmi_handler"]["modeled_ns"] for v in kv]
-    nmi_counts = add_counts(v["nmi_handler"]["ledger"] for v in kv)
-    nmi_guest_ns = sum(v["nmi_handler"]["guest_ns"] for v in kv)
+    modeled = [v.handle_event.modeled_ns for v in kv]
+    calls = sum(m.count for m in modeled)
+    by_reason = add_counts(v.handle_event.by_reason for v in kv)
+    by_cause = add_counts(v.reprogram_counter for v in kv)
+    he_counts = add_counts(v.handle_event.ledger for v in kv)
+    exits = add_counts(v.exits for v in kv)
+    migrations = add_counts(v.migrations for v in kv)
+    violations = classify(guests, host.unavailable)
+    total_ns = sum(v.modeled_total_ns for v in kv)
+    guest_ns = sum(v.modeled_guest_ns for v in kv)
+    other_ns = sum(v.modeled_other_exits_ns for v in kv)
+    events = [e for v in gv for e in v.events]
+    nmi = [v.nmi_handler for v in kv]
     return {
-        "policy": kv[0]["policy"] if kv else policy,
+        "policy": kv[0].policy if kv else policy,
         "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"],
                  "kernel": cfg["host"]["kernel"], "x2apic": cfg["host"]["x2apic"]},
-        "vms": 1, "vcpus": len(kv),
-        "handle_event": {"calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
-                         "skipped": skipped, "measured_ns": summary(measured),
-                         "modeled_ns": with_band(modeled, he_counts, low, high),
-                         "by_reason": by_reason,
-                         "counts_per_call": {k: n / calls for k, n in sorted(he_counts.items())}
-                         if calls else {},
-                         "modeled_by_param": {k: n * mid[k] / calls
-                                              for k, n in sorted(he_counts.items())}
-                         if calls else {}},
+        "vms": len(kvms), "vcpus": len(kv),
+        "handle_event": {
+            "calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
+            "skipped": sum(n for r, n in by_reason.items() if r.startswith("skipped")),
+            "measured_ns": summary([v.handle_event.measured_ns for v in kv]),
+            "modeled_ns": with_band(modeled, he_counts, low, high),
+            "by_reason": by_reason,
+            "counts_per_call": {k: n / calls for k, n in sorted(he_counts.items())}
+            if calls else {},
+            "modeled_by_param": {k: n * mid[k] / calls for k, n in sorted(he_counts.items())}
+            if calls else {}},
         "reprogram_counter": {"calls": sum(by_cause.values()),
                               "by_cause": {"handle_event": 0, "msr_write": 0, **by_cause}},
-        "perf_calls": add_counts(v["perf_calls"] for v in kv),
-        "perf_costs": {op: {"calls": c["modeled_ns"]["count"],
-                            "modeled_ns": with_band([c["modeled_ns"]], c["ledger"], low, high)}
-                       for op, c in host["perf_costs"].items()},
-        "pmis": {"overflows": sum(v["overflows"] for v in kv),
-                 "injected": sum(v["injected"] for v in kv),
-                 "handled": sum(v["pmis_handled"] for v in gv)},
-        "samples": sum(v["samples"] for v in gv),
-        "guest_event_count": sum(v["event_count"] for v in gv),
-        "guest_events": [{"vcpu": v["vcpu"], "events": v["events"]} for v in gv],
-        "guest_ticks": sum(v["ticks"] for v in gv),
-        "guest_rotations": sum(v["rotations"] for v in gv),
-        "guest_context_switches": sum(v["context_switches"] for v in gv),
-        "guest_nmi_handler": {"measured_ns": summary(nmi_measured),
-                              "modeled_ns": with_band(nmi_modeled, nmi_counts, low, high,
-                                                      nmi_guest_ns)},
-        "timeslices": sum(v["timeslices"] for v in kv),
-        "entry_retries": sum(v["entry_retries"] for v in kv),
+        "perf_calls": add_counts(v.perf_calls for v in kv),
+        "perf_costs": {op: {"calls": c.modeled_ns.count,
+                            "modeled_ns": with_band([c.modeled_ns], c.ledger, low, high)}
+                       for op, c in host.perf_costs.items()},
+        "pmis": {"overflows": sum(v.overflows for v in kv),
+                 "injected": sum(v.injected for v in kv),
+                 "handled": sum(v.pmis_handled for v in gv)},
+        "samples": sum(e.samples for e in events),
+        "guest_event_count": sum(e.count for e in events),
+        "guest_events": [{"vcpu": v.vcpu, "events": [dataclasses.asdict(e) for e in v.events]}
+                         for v in gv],
+        "guest_ticks": sum(v.ticks for v in gv),
+        "guest_rotations": sum(v.rotations for v in gv),
+        "guest_context_switches": sum(v.context_switches for v in gv),
+        "guest_nmi_handler": {
+            "measured_ns": summary([n.measured_ns for n in nmi]),
+            "modeled_ns": with_band([n.modeled_ns for n in nmi],
+                                    add_counts(n.ledger for n in nmi), low, high,
+                                    sum(n.guest_ns for n in nmi))},
+        "timeslices": sum(v.timeslices for v in kv),
+        "entry_retries": sum(v.entry_retries for v in kv),
         "exits": {"total": sum(exits.values()), "by_reason": exits},
-        "gp_faults": sum(v["gp_faults"] for v in kv),
+        "gp_faults": sum(v.gp_faults for v in kv),
         "migrations": sum(migrations.values()),
         "migrations_by_kind": migrations,
-        "host_sched_in_other_cpu": host["sched_in_other_cpu"],
-        "oncpu_disagreements": sum(v["oncpu_disagreements"] for v in kv),
-        "affinity": [v["affinity"] for v in kv],
-        "invariants": {"checked": sum(v["invariants"]["checked"] for v in gv),
+        "host_sched_in_other_cpu": host.sched_in_other_cpu,
+        "oncpu_disagreements": sum(v.oncpu_disagreements for v in kv),
+        "affinity": [dataclasses.asdict(v.affinity) for v in kv],
+        "invariants": {"checked": sum(v.invariants_checked for v in gv),
                        "violations": violations,
                        "by_kind": dict(collections.Counter(v["kind"] for v in violations))},
-        "host_perf": {k: host[k] for k in ("refcount_crossings", "static_key", "overflows",
-                                           "pinned_errors", "pmc_refcount", "run_queue_waits",
-                                           "unavailable")},
+        "host_perf": {"refcount_crossings": host.refcount_crossings,
+                      "static_key": host.static_key, "overflows": host.overflows,
+                      "pinned_errors": host.pinned_errors, "pmc_refcount": host.pmc_refcount,
+                      "run_queue_waits": host.run_queue_waits, "unavailable": host.unavailable},
         "modeled_guest_ns": guest_ns, "modeled_total_ns": total_ns,
-        "guest_overhead_share": (total_ns - guest_ns) / total_ns if total_ns else 0.0,
+        # shares of the vCPUs' modeled time: the vPMU's (its exits, KVM's emulation and PMI
+        # delivery, host perf) and that of the exits it does not cause (their VM transitions)
+        "modeled_vpmu_share": (total_ns - guest_ns - other_ns) / total_ns if total_ns else 0.0,
+        "modeled_other_exits_share": other_ns / total_ns if total_ns else 0.0,
         "stop_reason": reason,
         **({"guest_program": program_result(gv)} if cfg["run"]["guest_program"] else {}),
         "wall_s": round(wall_s, 3),
     }
 
 
-def with_band(parts: list[dict], counts: dict, low: dict, high: dict,
+def with_band(parts: list[schema.SampleSet], counts: dict, low: dict, high: dict,
               fixed_ns: int = 0) -> dict:
     """mean / p50 / p99 / min of the modeled samples (mid values) and the band of the mean: the
     same counts at every parameter's low and high value (``fixed_ns``: guest time, no range)."""
     out = summary(parts)
-    n = sum(p["count"] for p in parts)
+    n = sum(p.count for p in parts)
     lo, hi = costs.band_of_mean(counts, n, low, high)
     extra = fixed_ns / n if n else 0
     return dict(out, band=[lo + extra, hi + extra])
@@ -123,7 +133,7 @@ def incomplete(run: dict, cfg: dict) -> str | None:
     return f"INCOMPLETE [{run['policy']}] stopped before its target, {done}: {why}"
 
 
-def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:
+def classify(guests: list[schema.GuestReport], unavailable: dict) -> list[dict]:
     """The oracle's violations, with those the host explains relabelled ``counter_unavailable``.
 
     The oracle knows only what the guest did. When a counter's shortfall adds up exactly to the
@@ -131,37 +141,37 @@ def classify(guest_vcpus: list[dict], unavailable: dict) -> list[dict]:
     error state), the shortfall and the PMIs it cost are the hardware's doing, not a fault of the
     emulated path; anything else stays as the oracle reported it."""
     out = []
-    for v in guest_vcpus:
-        lost = unavailable.get(f"vm0/vcpu{v['vcpu']}", {})
-        found = v["invariants"]["violations"]
-        deficits = collections.Counter()
-        for x in found:
-            if x["kind"] == "count_mismatch":
-                deficits[x["counter"]] += x["deficit"]
-        explained = {c for c, d in deficits.items() if d and d == lost.get(str(c))}
-        explained |= {int(c) for c, n in lost.items() if n and int(c) not in deficits}
-        for x in found:
-            if x["counter"] in explained and x["kind"] in ("count_mismatch", "missing_pmi",
-                                                           "late_pmi"):
-                x = dict(x, kind="counter_unavailable", detail=f"{x['kind']}: {x['detail']}")
-            out.append(x)
+    for g in guests:
+        for v in g.vcpus:
+            lost = unavailable.get(f"{g.vm}/vcpu{v.vcpu}", {})
+            deficits = collections.Counter()
+            for x in v.violations:
+                if x.kind == "count_mismatch":
+                    deficits[x.counter] += x.deficit
+            explained = {c for c, d in deficits.items() if d and d == lost.get(str(c))}
+            explained |= {int(c) for c, n in lost.items() if n and int(c) not in deficits}
+            for x in v.violations:
+                if x.counter in explained and x.kind in ("count_mismatch", "missing_pmi",
+                                                         "late_pmi"):
+                    x = dataclasses.replace(x, kind="counter_unavailable",
+                                            detail=f"{x.kind}: {x.detail}")
+                out.append(dataclasses.asdict(x))
     return out
 
 
-def program_result(guest_vcpus: list[dict]) -> dict:
+def program_result(guest_vcpus: list[schema.GuestVcpuReport]) -> dict:
     """Checks of every vCPU, and the exception of each vCPU whose ``main`` raised one, with the
     program's own traceback frames (innermost last)."""
-    checks = [dict(c, vcpu=v["vcpu"]) for v in guest_vcpus for c in v["program"]["checks"]]
-    failed = [{"vcpu": v["vcpu"], "error": v["program"]["error"],
-               "traceback": v["program"]["traceback"]}
-              for v in guest_vcpus if v["program"]["error"]]
+    checks = [dict(dataclasses.asdict(c), vcpu=v.vcpu) for v in guest_vcpus for c in v.checks]
+    failed = [{"vcpu": v.vcpu, **dataclasses.asdict(v.program_error)}
+              for v in guest_vcpus if v.program_error]
     return {"checks": checks, "errors": failed,
             "error": "; ".join(f"vcpu {f['vcpu']}: {f['error']}" for f in failed) or None}
 
 
 def failed_checks(run: dict) -> list[dict]:
     """What makes a run fail: violated invariants, failed program checks, a program error."""
-    bad = [v for v in run["invariants"]["violations"] if v["kind"] not in ALWAYS_VIOLATION_OK]
+    bad = [v for v in run["invariants"]["violations"] if v["kind"] not in EXPLAINED_VIOLATIONS]
     prog = run.get("guest_program")
     if prog:
         bad += [{"kind": "check_failed", "vcpu": c["vcpu"], "counter": None,
@@ -289,7 +299,9 @@ def table(runs: list[dict]) -> str:
          or "0"),
         ("invariants checked / violations", lambda r: f"{r['invariants']['checked']:,} / "
                                                     f"{len(r['invariants']['violations']):,}"),
-        ("guest time lost to the vPMU", lambda r: f"{100 * r['guest_overhead_share']:.2f} %"),
+        ("guest time lost to the vPMU", lambda r: f"{100 * r['modeled_vpmu_share']:.2f} %"),
+        ("guest time lost to other exits",
+         lambda r: f"{100 * r['modeled_other_exits_share']:.2f} %"),
         ("stop reason", lambda r: r["stop_reason"]),
         ("wall time", lambda r: f"{r['wall_s']:.2f} s"),
     ]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.schema import SampleSet
+
 RESERVOIR = 10_000
 
 
@@ -46,30 +48,29 @@ class Samples:
             if j < RESERVOIR:
                 self.steady[j] = value
 
-    def to_dict(self) -> dict:
+    def to_record(self) -> SampleSet:
         """The report's form: ``reservoir`` starts with the one-time sample, then the steady
         ones."""
-        return {"count": self.count, "sum": self.sum, "min": self.min or 0, "max": self.max or 0,
-                "steady_max": self.steady_max or 0,
-                "reservoir": [self.first, *self.steady] if self.count else []}
+        return SampleSet(self.count, self.sum, self.min or 0, self.max or 0, self.steady_max or 0,
+                         [self.first, *self.steady] if self.count else [])
 
 
-def summary(parts: list[dict]) -> dict:
+def summary(parts: list[SampleSet]) -> dict:
     """Over the samples of several reports (one per vCPU): mean / p50 / p99 / min / max of all,
     ``first`` (the largest of the parts' one-time samples) and ``steady`` (mean / p50 / p99 /
     max of the others); zeros when there are none."""
-    count = sum(p["count"] for p in parts)
+    count = sum(p.count for p in parts)
     if not count:
         return {"mean": 0, "p50": 0, "p99": 0, "min": 0, "max": 0, "first": 0,
                 "steady": {"mean": 0, "p50": 0, "p99": 0, "max": 0}}
-    seen = [p for p in parts if p["count"]]
-    total, firsts = sum(p["sum"] for p in seen), [p["reservoir"][0] for p in seen]
-    return {"mean": total / count, **percentiles([x for p in seen for x in p["reservoir"]]),
-            "min": float(min(p["min"] for p in seen)), "max": float(max(p["max"] for p in seen)),
+    seen = [p for p in parts if p.count]
+    total, firsts = sum(p.sum for p in seen), [p.reservoir[0] for p in seen]
+    return {"mean": total / count, **percentiles([x for p in seen for x in p.reservoir]),
+            "min": float(min(p.min for p in seen)), "max": float(max(p.max for p in seen)),
             "first": float(max(firsts)),
             "steady": {"mean": (total - sum(firsts)) / (count - len(seen)) if count > len(seen)
-                       else 0, **percentiles([x for p in seen for x in p["reservoir"][1:]]),
-                       "max": float(max(p["steady_max"] for p in seen))}}
+                       else 0, **percentiles([x for p in seen for x in p.reservoir[1:]]),
+                       "max": float(max(p.steady_max for p in seen))}}
 
 
 def percentiles(values: list[int]) -> dict:

@@ -5,7 +5,7 @@ import collections
 import numbers
 from fractions import Fraction
 
-from common import filters, msr, schema, transport
+from common import cmask, msr, schema, transport
 from common.child import PROGRESS
 from common.schema import MsgType
 from guest.oracle import Oracle
@@ -43,9 +43,9 @@ class GuestCpu:
         self.oracle = oracle
         self.max_exits = max_exits
         self.budget: dict[str, int] = {}
-        self.filtered: list[list] = []       # EDGE/INV/CMASK counters: [kind, cmask, inv, edge, left]
+        self.filtered: list[schema.FilteredBudget] = []   # EDGE/INV/CMASK counters' budgets
         self.unsent: collections.Counter = collections.Counter()  # retired since the last exit
-        self.unsent_stretches: list = []     # only while a filtered counter is live
+        self.unsent_stretches: list[schema.Stretch] = []    # only while a filtered counter is live
         self.pieces = 0                      # retire pieces since the last exit
         self.in_nmi = False
         self.nmi_window = False
@@ -56,7 +56,7 @@ class GuestCpu:
         self.pmis = 0
         self.exits: collections.Counter = collections.Counter()
         self.gp_faults = 0
-        self.checks: list[dict] = []
+        self.checks: list[schema.Check] = []
         self.stop_reason = ""
         self.raise_on_stop = False
         self.cycles = 0                      # guest cycles retired: the guest's own clock
@@ -90,7 +90,7 @@ class GuestCpu:
         if self.stop_reason and self.raise_on_stop and reason != "done":
             raise RunStopped(self.stop_reason)
         self.budget = dict(entry.budget)
-        self.filtered = [list(f) for f in entry.filtered]
+        self.filtered = entry.filtered
         self.nmi_window = entry.nmi_window
         if entry.gp:
             self.gp_faults += 1
@@ -156,16 +156,14 @@ class GuestCpu:
         o = self.oracle
         if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
             o.check_status(value)
-        for base, first in ((msr.MSR_IA32_PERFCTR0, 0), (msr.MSR_IA32_PMC0, 0),
-                            (msr.MSR_CORE_PERF_FIXED_CTR0, msr.FIXED_IDX_BASE)):
-            idx = first + index - base
-            if 0 <= index - base < 8 and idx in o.value:
-                o.check_counter(idx, value)
+        named = msr.counter_msr(index)
+        if named is not None and named[0] in o.value:
+            o.check_counter(named[0], value)
 
     def rdpmc_safe(self, ecx: int) -> tuple[bool, int]:
         entry = self._exit("rdpmc", ecx)
         if not entry.gp:
-            idx = (msr.FIXED_IDX_BASE + (ecx & 0xFFFF)) if ecx & msr.RDPMC_FIXED else ecx
+            idx = msr.rdpmc_counter(ecx)
             if idx in self.oracle.value:
                 self.oracle.check_counter(idx, entry.value)
         return entry.gp, entry.value
@@ -203,7 +201,7 @@ class GuestCpu:
         self._exit("hypercall", pcpu, int(at == "next-overflow"))
 
     def check(self, condition, name: str, detail: str = "") -> bool:
-        self.checks.append({"name": name, "passed": bool(condition), "detail": detail})
+        self.checks.append(schema.Check(name, bool(condition), detail))
         return bool(condition)
 
     # --- retiring events --------------------------------------------------------------------------
@@ -233,16 +231,14 @@ class GuestCpu:
             y1 = self._next_stop(chunk, axis, y)
             part = {k: (y1 * n // axis) - (y * n // axis) for k, n in chunk.items()}
             part = {k: n for k, n in part.items() if n}
-            stretch = [cycles, chunk, [y.numerator, y.denominator],
-                       [y1.numerator, y1.denominator]]
+            stretch = schema.Stretch(cycles, chunk, [y.numerator, y.denominator],
+                                     [y1.numerator, y1.denominator])
             for k, n in part.items():
                 self.unsent[k] += n
                 if k in self.budget:
                     self.budget[k] -= n
-            for entry in self.filtered:
-                kind, cmask, inv, edge, _ = entry
-                entry[4] -= filters.count(filters.Filter(cmask, inv, edge), cycles,
-                                          chunk.get(kind, 0), y, y1, False)[0]
+            for f in self.filtered:
+                f.left -= cmask.count(f.filter, cycles, chunk.get(f.kind, 0), y, y1, False)[0]
             if self.filtered and cycles:        # only filtered counters read stretches, and
                 self.unsent_stretches.append(stretch)   # a chunk with no cycles counts none
             self.pieces += 1
@@ -250,7 +246,7 @@ class GuestCpu:
             self.oracle.retire(part, stretch)
             y = y1
             if any(left <= 0 for left in self.budget.values()) or \
-                    any(entry[4] <= 0 for entry in self.filtered):
+                    any(f.left <= 0 for f in self.filtered):
                 self._exit("budget")
             elif self.pieces >= FLUSH_AFTER:
                 self._exit("flush")
@@ -272,9 +268,9 @@ class GuestCpu:
             if n and kind in limits:
                 target = y * n // axis + limits[kind]
                 stop = min(stop, Fraction(target * axis, n))
-        for kind, cmask, inv, edge, left in self.filtered:
-            at = filters.reach(filters.Filter(cmask, inv, edge), chunk.get("cycles", 0),
-                               chunk.get(kind, 0), y, False, left)
+        for f in self.filtered:
+            at = cmask.reach(f.filter, chunk.get("cycles", 0), chunk.get(f.kind, 0), y, False,
+                             f.left)
             if at is not None:
                 stop = min(stop, Fraction(at))
         if stop <= y:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from common import msr
+from common import msr, schema
 from guest.cpu import GuestCpu
 
 log = logging.getLogger("guest")
 
 EVENT_CODES = {kind: code for code, kind in msr.ARCH_EVENTS.items()}
-MAX_PERIOD = msr.COUNTER_MASK >> 1          # full-width writes: cntval_mask >> 1
 HANDLER_LOOP_LIMIT = 100
 HZ = 1000
 TICK_NS = 1_000_000_000 // HZ
@@ -56,7 +55,7 @@ class GuestEvent:
 
     def __post_init__(self):
         # counting events still overflow, at the longest period; frequency mode starts at 1
-        self.sample_period = self.period or (1 if self.freq else MAX_PERIOD)
+        self.sample_period = self.period or (1 if self.freq else msr.MAX_PERIOD)
         self.period_left = self.last_period = self.sample_period
 
 
@@ -69,7 +68,10 @@ def events_from_sessions(sessions: list[dict], ghz: float, watchdog: bool) -> li
     return events
 
 
-class X86Pmu:
+class PerfDriver:
+    """The guest kernel's x86 perf driver on one vCPU: its events, their counters, the PMI
+    handler and the tick."""
+
     def __init__(self, cpu: GuestCpu, events: list[GuestEvent], switch_ms: int = 0):
         self.cpu = cpu
         self.events = events
@@ -149,16 +151,9 @@ class X86Pmu:
 
     # --- counter arithmetic -----------------------------------------------------------------------
 
-    def counter_msr(self, ev: GuestEvent) -> int:
-        if ev.idx >= msr.FIXED_IDX_BASE:
-            return msr.MSR_CORE_PERF_FIXED_CTR0 + ev.idx - msr.FIXED_IDX_BASE
-        return msr.MSR_IA32_PMC0 + ev.idx
-
     def update(self, ev: GuestEvent) -> None:
         """x86_perf_event_update: fold the counter's progress since the last write."""
-        ecx = (msr.RDPMC_FIXED | (ev.idx - msr.FIXED_IDX_BASE)) \
-            if ev.idx >= msr.FIXED_IDX_BASE else ev.idx
-        new = self.cpu.rdpmc(ecx)
+        new = self.cpu.rdpmc(msr.rdpmc_ecx(ev.idx))
         delta = (new - ev.prev_raw) & msr.COUNTER_MASK
         ev.prev_raw = new
         ev.count += delta
@@ -171,10 +166,10 @@ class X86Pmu:
             left, ev.last_period = period, period
         elif left <= 0:
             left, ev.last_period = left + period, period
-        left = max(2, min(left, MAX_PERIOD))
+        left = max(2, min(left, msr.MAX_PERIOD))
         ev.period_left = left
         ev.prev_raw = (-left) & msr.COUNTER_MASK
-        self.cpu.wrmsr(self.counter_msr(ev), ev.prev_raw)
+        self.cpu.wrmsr(msr.counter_msr_of(ev.idx), ev.prev_raw)
 
     def read(self) -> None:
         """Read every scheduled counter (perf stat's read, and what closing an event does)."""
@@ -311,9 +306,8 @@ class X86Pmu:
         self.schedule(self.events)
         self.enable_all()
 
-    def report(self) -> list[dict]:
-        return [{"name": e.name, "kind": e.kind, "count": e.count, "samples": e.samples,
-                 "sample_period": e.sample_period, "enabled_ns": e.enabled_ns,
-                 "running_ns": e.running_ns,
-                 "scaled": e.count * e.enabled_ns // e.running_ns if e.running_ns else e.count}
-                for e in self.events]
+    def report(self) -> list[schema.GuestEventReport]:
+        return [schema.GuestEventReport(
+            e.name, e.kind, e.count, e.samples, e.sample_period, e.enabled_ns, e.running_ns,
+            scaled=e.count * e.enabled_ns // e.running_ns if e.running_ns else e.count)
+            for e in self.events]

@@ -13,7 +13,7 @@ from common.schema import MsgType
 from common.topology import preset
 from guest import program
 from guest.cpu import BudgetStuck, GuestCpu, RunStopped
-from guest.driver import X86Pmu, events_from_sessions
+from guest.driver import PerfDriver, events_from_sessions
 from guest.oracle import Oracle
 from guest.workload import Workload, streams
 
@@ -36,7 +36,7 @@ class GuestVcpu(threading.Thread):
         self.reason = "not started"
         self.failure: str | None = None
         self.cpu: GuestCpu | None = None
-        self.pmu: X86Pmu | None = None
+        self.driver: PerfDriver | None = None
         self.program_error: dict | None = None      # program.failure(): error, traceback
 
     def run(self) -> None:
@@ -91,10 +91,11 @@ class GuestVcpu(threading.Thread):
 
     def run_perf(self, cpu: GuestCpu, workload: Workload, pmis: int, sessions: list[dict],
                  watchdog: bool, ghz: float, switch_ms: int) -> str:
-        pmu = self.pmu = X86Pmu(cpu, events_from_sessions(sessions, ghz, watchdog), switch_ms)
-        pmu.start()
+        driver = self.driver = PerfDriver(cpu, events_from_sessions(sessions, ghz, watchdog),
+                                          switch_ms)
+        driver.start()
         reason = "pmis"
-        while pmu.handled < pmis:
+        while driver.handled < pmis:
             if cpu.stop_reason:                  # a budget (max_exits here, max_modeled_ms
                 reason = cpu.stop_reason         # from KVM) or a stop seen at an exit
                 break
@@ -102,7 +103,7 @@ class GuestVcpu(threading.Thread):
                 reason = "stopped"
                 break
             cpu.retire_events(workload.next_slice())
-        pmu.read()                               # perf reads the counters when events stop
+        driver.read()                            # perf reads the counters when events stop
         return reason
 
     def run_program(self, cpu: GuestCpu, path: str) -> str:
@@ -124,24 +125,23 @@ class GuestVcpu(threading.Thread):
         finally:
             cpu.raise_on_stop = False
 
-    def report(self) -> dict:
-        cpu, pmu = self.cpu, self.pmu
-        events = pmu.report() if pmu else []
-        return {"vcpu": self.index, "reason": self.reason, "failure": self.failure,
-                "pmis_delivered": cpu.pmis if cpu else 0,
-                "pmis_handled": pmu.handled if pmu else (cpu.pmis if cpu else 0),
-                "samples": sum(e["samples"] for e in events),
-                "event_count": sum(e["count"] for e in events),
-                "events": events,
-                "ticks": pmu.ticks if pmu else 0,
-                "rotations": pmu.rotations if pmu else 0,
-                "context_switches": pmu.switches if pmu else 0,
-                "exits": dict(cpu.exits) if cpu else {},
-                "gp_faults": cpu.gp_faults if cpu else 0,
-                "program": {"checks": cpu.checks if cpu else [],
-                            **(self.program_error or {"error": None, "traceback": []})},
-                "invariants": {"checked": cpu.oracle.checked if cpu else 0,
-                               "violations": cpu.oracle.violations if cpu else []}}
+    def report(self) -> schema.GuestVcpuReport:
+        cpu, driver = self.cpu, self.driver
+        return schema.GuestVcpuReport(
+            self.index, self.reason, self.failure,
+            pmis_delivered=cpu.pmis if cpu else 0,
+            pmis_handled=driver.handled if driver else (cpu.pmis if cpu else 0),
+            events=driver.report() if driver else [],
+            ticks=driver.ticks if driver else 0,
+            rotations=driver.rotations if driver else 0,
+            context_switches=driver.switches if driver else 0,
+            exits=dict(cpu.exits) if cpu else {},
+            gp_faults=cpu.gp_faults if cpu else 0,
+            checks=cpu.checks if cpu else [],
+            program_error=schema.ProgramError(**self.program_error) if self.program_error
+            else None,
+            invariants_checked=cpu.oracle.checked if cpu else 0,
+            violations=cpu.oracle.violations if cpu else [])
 
 
 class Guest:
@@ -200,7 +200,8 @@ def main(argv=None) -> int:
                 guest.go.set()
             elif msg.type == MsgType.FINISH:
                 guest.stop()
-                svc.send(schema.Report(msg.body.run, {"vcpus": [t.report() for t in guest.threads]}))
+                svc.send(schema.Report(msg.body.run, schema.GuestReport(
+                    svc.name.removeprefix("guest-"), [t.report() for t in guest.threads])))
 
         return svc.serve(on_control, done, guest.on_done)
     finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from common import filters, msr
+from common import cmask, msr, schema
 
 
 class Oracle:
@@ -24,22 +24,18 @@ class Oracle:
         self.if_flag = True                    # the guest's interrupt flag (cli / sti)
         self.pending: dict[int, bool] = {}     # overflowed counter -> its PMI is already late
         self.checked = 0
-        self.violations: list[dict] = []
+        self.violations: list[schema.Violation] = []
         self.vcpu = 0
 
     # --- what the guest wrote -------------------------------------------------------------------
 
     def wrmsr(self, index: int, value: int) -> None:
         """Mirror a WRMSR that completed (no #GP)."""
-        if msr.MSR_IA32_PERFCTR0 <= index < msr.MSR_IA32_PERFCTR0 + self.nr_gp:
-            self.value[index - msr.MSR_IA32_PERFCTR0] = msr.sign_extend_32(value) & msr.COUNTER_MASK
-        elif msr.MSR_IA32_PMC0 <= index < msr.MSR_IA32_PMC0 + self.nr_gp:
-            self.value[index - msr.MSR_IA32_PMC0] = value & msr.COUNTER_MASK
-        elif msr.MSR_CORE_PERF_FIXED_CTR0 <= index < msr.MSR_CORE_PERF_FIXED_CTR0 + self.nr_fixed:
-            self.value[msr.FIXED_IDX_BASE + index - msr.MSR_CORE_PERF_FIXED_CTR0] = \
-                value & msr.COUNTER_MASK
-        elif msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + self.nr_gp:
-            self.evtsel[index - msr.MSR_P6_EVNTSEL0] = value
+        counter, gp = msr.counter_msr(index), msr.evtsel_msr(index)
+        if counter is not None and counter[0] in self.value:
+            self.value[counter[0]] = msr.written_value(counter[1], value) & msr.COUNTER_MASK
+        elif gp in self.evtsel:
+            self.evtsel[gp] = value
         elif index == msr.MSR_CORE_PERF_FIXED_CTR_CTRL:
             self.fixed_ctrl = value
         elif index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
@@ -54,29 +50,28 @@ class Oracle:
     def counting(self, idx: int, cpl: int) -> tuple[str | None, bool]:
         """The kind counter ``idx`` counts right now at privilege ``cpl``, and whether it
         interrupts on overflow."""
-        if not self.global_ctrl & (1 << idx):
+        fixed = idx >= msr.FIXED_IDX_BASE
+        config = msr.fixed_field(self.fixed_ctrl, idx - msr.FIXED_IDX_BASE) if fixed \
+            else self.evtsel[idx]
+        if not msr.counter_enabled(idx, config, self.global_ctrl):
             return None, False
-        if idx >= msr.FIXED_IDX_BASE:
-            field = msr.fixed_field(self.fixed_ctrl, idx - msr.FIXED_IDX_BASE)
+        if fixed:
             mode = msr.FIXED_CTRL_OS if cpl == 0 else msr.FIXED_CTRL_USR
-            kind = msr.FIXED_EVENTS[idx - msr.FIXED_IDX_BASE] if field & mode else None
-            return kind, bool(field & msr.FIXED_CTRL_PMI)
-        sel = self.evtsel[idx]
-        mode = msr.EVTSEL_OS if cpl == 0 else msr.EVTSEL_USR
-        if not sel & msr.EVTSEL_EN or not sel & mode:
+            kind = msr.FIXED_EVENTS[idx - msr.FIXED_IDX_BASE] if config & mode else None
+            return kind, bool(config & msr.FIXED_CTRL_PMI)
+        if not config & (msr.EVTSEL_OS if cpl == 0 else msr.EVTSEL_USR):
             return None, False
-        return msr.evtsel_kind(sel), bool(sel & msr.EVTSEL_INT)
+        return msr.evtsel_kind(config), bool(config & msr.EVTSEL_INT)
 
-    def retire(self, events: dict, stretch: list | None = None, cpl: int = 3) -> None:
+    def retire(self, events: dict, stretch: schema.Stretch | None = None, cpl: int = 3) -> None:
         """Events retired in one stretch with no exit in between; ``stretch`` places them in
         their retire call, for counters with EDGE/INV/CMASK."""
         for idx in self.value:
             kind, intr = self.counting(idx, cpl)
-            flt = filters.of(self.evtsel[idx]) if idx < msr.FIXED_IDX_BASE and kind else None
+            flt = cmask.of(self.evtsel[idx]) if idx < msr.FIXED_IDX_BASE and kind else None
             if flt is not None and stretch is not None:
-                cycles, chunk, y0, y1 = stretch
-                n = filters.count(flt, cycles, chunk.get(kind, 0), Fraction(*y0), Fraction(*y1),
-                                  False)[0]
+                n = cmask.count(flt, stretch.cycles, stretch.events.get(kind, 0),
+                                Fraction(*stretch.y0), Fraction(*stretch.y1), False)[0]
             else:
                 n = events.get(kind, 0) if kind else 0
             if n <= 0:
@@ -100,9 +95,9 @@ class Oracle:
 
     # --- checks -------------------------------------------------------------------------------
 
-    def violate(self, kind: str, counter: int | None, detail: str, **extra) -> None:
-        self.violations.append({"kind": kind, "vcpu": self.vcpu, "counter": counter,
-                                "detail": detail, **extra})
+    def violate(self, kind: str, counter: int | None, detail: str,
+                deficit: int | None = None) -> None:
+        self.violations.append(schema.Violation(kind, self.vcpu, counter, detail, deficit))
 
     def check_counter(self, idx: int, seen: int) -> None:
         """A value the guest read must be what it retired while the counter was enabled. After a

@@ -15,6 +15,7 @@ from common.topology import preset
 from host.perf import HostPerf, PerfError
 
 log = logging.getLogger("host")
+REQUESTS = (MsgType.PERF_CALL, MsgType.SCHED, MsgType.ACCOUNT)
 
 
 class HostServer:
@@ -64,85 +65,87 @@ class HostServer:
             log.info("vCPU link %s connected (pid %d)", msg.body.name, msg.body.pid)
             self.links.add(peer)
             self.send(schema.Welcome("host"), peer)
-        elif msg.type == MsgType.PERF_CALL and peer not in self.links:
-            self.errors.record("unknown_peer", "perf call before hello", peer.decode("latin1"))
+        elif msg.type in REQUESTS and peer not in self.links:
+            self.errors.record("unknown_peer", f"{msg.type.value} before hello",
+                               peer.decode("latin1"))
             self.send(schema.Error("unknown_peer", "say hello first", msg.body.id), peer)
-        elif msg.type == MsgType.PERF_CALL and self.perf is not None:
-            self.perf_call(peer, msg.body)
+        elif msg.type in REQUESTS and self.perf is not None:
+            self.request(peer, msg.body)
         else:
             self.errors.record("unknown_type", msg.type.value, peer.decode(errors="replace"))
             self.send(schema.Error("unknown_type", msg.type.value, msg.seq), peer)
 
-    def perf_call(self, peer: bytes, call: schema.PerfCall) -> None:
+    def request(self, peer: bytes, req: schema.PerfCall | schema.Sched | schema.Account) -> None:
+        """Count what the guest retired (the host PMI handler calls overflows back), then run
+        the request, or queue it while its pCPU runs another task."""
         owner = peer.decode(errors="replace")
         perf = self.perf
-        bad = [k for k, v in call.retired.items()
+        retired = req.retired
+        bad = [k for k, v in retired.events.items()
                if k not in msr.EVENT_KINDS or type(v) is not int or v < 0]
         if bad:
-            self.send(schema.Error("wrong_type", f"retired events {bad}", call.id), peer)
+            self.send(schema.Error("wrong_type", f"retired events {bad}", req.id), peer)
             return
-        perf.advance_time(call.now_ns)
-        for ev in perf.account(owner, call.retired, call.stretches):
+        perf.advance_time(retired.now_ns)
+        for ev in perf.account(owner, retired.events, retired.stretches):
             self.send(schema.Overflow(ev.handle, ev.context, ev.count), peer)
         ledger = Ledger()
-        cpu = call.args.get("cpu")
-        if call.op in ("sched_in", "migrate") and type(cpu) is int and \
-                0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
+        op = None if isinstance(req, schema.Account) else req.op
+        cpu = op.cpu if isinstance(op, (schema.SchedIn, schema.Migrate)) else -1
+        if 0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
             if perf.task(owner).cpu != -1:
                 perf.sched_out(owner, ledger)         # off the old pCPU while it waits
             log.debug("%s waits for pCPU %d, which runs %s", owner, cpu, perf.current[cpu])
             perf.stats["run_queue_waits"] += 1
-            self.waiting[cpu].append((peer, call, ledger))
+            self.waiting[cpu].append((peer, req, ledger))
         else:
-            self.complete(peer, call, ledger)
+            self.complete(peer, req, ledger)
         self.wake_waiters()
 
     def wake_waiters(self) -> None:
         """Run the next waiting task on every pCPU that its current task left."""
         for cpu, queue in self.waiting.items():
             while queue and self.perf.cpu_free_for(queue[0][0].decode(), cpu):
-                peer, call, ledger = queue.pop(0)
-                self.complete(peer, call, ledger)
+                peer, req, ledger = queue.pop(0)
+                self.complete(peer, req, ledger)
 
-    def complete(self, peer: bytes, call: schema.PerfCall, ledger: Ledger) -> None:
-        """Run one perf call; push the oncpu changes it caused to the caller, then reply."""
+    def complete(self, peer: bytes, req, ledger: Ledger) -> None:
+        """Run one request; push the oncpu changes it caused to the caller, then reply."""
         owner = peer.decode(errors="replace")
         perf = self.perf
-        ok, error, result = True, "", {}
-        before = perf.oncpu(owner)
-        try:
-            result = perf.call(owner, call.op, call.args, ledger)
-        except (PerfError, KeyError, TypeError, ValueError) as exc:
-            ok, error = False, f"{call.op}: {exc}"
-            self.errors.record("perf_refused", f"{call.op}: {exc}", owner)
-        target = str(call.args.get("handle", result.get("handle", "")))
-        after = perf.oncpu(owner)
-        for handle, oncpu in after.items():
-            if handle != target and before.get(handle, oncpu) != oncpu:
-                ev = perf.events[int(handle)]
-                if ev.error:
-                    log.info("event %s of %s in error state: no counter free on pCPU %d",
-                             handle, owner, perf.task(owner).cpu)
-                self.send(schema.Oncpu(int(handle), oncpu, ev.error), peer)
+        op = None if isinstance(req, schema.Account) else req.op
+        name = schema.OP_NAME[type(op)] if op is not None else "account"
+        ok, error, result = True, "", None
+        if op is not None:
+            try:
+                result = perf.call(owner, op, ledger)
+            except (PerfError, KeyError, TypeError, ValueError) as exc:
+                ok, error = False, f"{name}: {exc}"
+                self.errors.record("perf_refused", error, owner)
+        for ev in perf.oncpu_changes(owner):
+            if ev.error:
+                log.info("event %d of %s in error state: no counter free on pCPU %d",
+                         ev.handle, owner, perf.task(owner).cpu)
+            self.send(schema.Oncpu(ev.handle, ev.oncpu, ev.error), peer)
         cost = ledger.total(self.params)
         perf.charge_cpu(owner, cost)
-        samples, counts = self.op_costs[call.op]
+        samples, counts = self.op_costs[name]
         samples.add(cost)
         counts.update(ledger)
-        self.send(schema.PerfReply(call.id, ok, result, cost, dict(ledger),
-                                   perf.budget(owner), after, error,
-                                   perf.filtered_budget(owner)), peer)
+        self.send(schema.HostReply(req.id, ok, result, cost, dict(ledger), perf.budget(owner),
+                                   perf.filtered_budget(owner), error), peer)
 
-    def report(self) -> dict:
+    def report(self) -> schema.HostReport:
         perf = self.perf
-        return {"preset": self.topo.name, "cpus": self.topo.ncpus,
-                "perf_costs": {op: {"modeled_ns": samples.to_dict(), "ledger": dict(counts)}
-                               for op, (samples, counts) in sorted(self.op_costs.items())},
-                "pmc_refcount": perf.pmc_refcount, **perf.stats,
-                "pcpu_modeled_ns": {str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
-                "unavailable": {task: {str(ctx): n for ctx, n in lost.items()}
-                                for task, lost in perf.unavailable.items()},
-                "protocol_errors": dict(self.errors.counts)}
+        return schema.HostReport(
+            self.topo.name, self.topo.ncpus,
+            perf_costs={op: schema.OpCost(samples.to_record(), dict(counts))
+                        for op, (samples, counts) in sorted(self.op_costs.items())},
+            pmc_refcount=perf.pmc_refcount, **perf.stats,
+            pcpu_modeled_ns={str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
+            unavailable={task: {str(ctx): n for ctx, n in lost.items()}
+                         for task, lost in perf.unavailable.items()},
+            protocol_errors=dict(self.errors.counts))
 
 
 def main(argv=None) -> int:
@@ -164,10 +167,10 @@ def main(argv=None) -> int:
                 log.info("run %d summary (policy %s): host PMU reserved %d and released %d "
                          "times, static key enabled %d and disabled %d times, %d overflows "
                          "(%d to their owner)", msg.body.run, server.policy,
-                         report["refcount_crossings"]["reserve"],
-                         report["refcount_crossings"]["release"],
-                         report["static_key"]["enable"], report["static_key"]["disable"],
-                         report["overflows"], report["overflows_to_owner"])
+                         report.refcount_crossings["reserve"],
+                         report.refcount_crossings["release"],
+                         report.static_key["enable"], report.static_key["disable"],
+                         report.overflows, report.overflows_to_owner)
                 svc.send(schema.Report(msg.body.run, report))
 
         return svc.serve(on_control, chan.sock, server.handle)

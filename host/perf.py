@@ -20,16 +20,13 @@ import dataclasses
 
 from fractions import Fraction
 
-from common import filters, kernels, msr
+from common import cmask, kernels, msr, schema
 from common.costs import Ledger
 from common.topology import Topology
+from host.cpu_hw_events import CpuHwEvents
 from host.debug_store import DebugStore
-from host.pmu import PhysicalPMU
 from host.smp import Smp
 from host.static_key import DELAYED_WORK_NS as STATIC_KEY_DISABLE_DELAY_NS, PerfSchedEvents
-
-# Intel with full-width writes: x86_pmu.max_period = cntval_mask >> 1.
-MAX_PERIOD = msr.COUNTER_MASK >> 1
 
 
 class PerfError(Exception):
@@ -50,16 +47,17 @@ class PerfEvent:
     enabled: bool = True
     error: bool = False        # pinned and found no counter: not retried until enabled again
     oncpu: int = -1
+    oncpu_told: int = -1       # the oncpu its owner last heard of (create's result, Oncpu pushes)
     slot: tuple[str, int] | None = None
     count: int = 0
     period_left: int = 0
     time_enabled: int = 0      # in guest cycles retired while enabled / while on a counter
     time_running: int = 0
-    filter: filters.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
+    filter: cmask.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
 
     @property
     def armed_period(self) -> int:
-        return min(self.sample_period or MAX_PERIOD, MAX_PERIOD)
+        return min(self.sample_period or msr.MAX_PERIOD, msr.MAX_PERIOD)
 
     def counts(self, cpl: int) -> bool:
         return not (self.exclude_kernel if cpl == 0 else self.exclude_user)
@@ -81,7 +79,7 @@ class HostPerf:
         self.smp = Smp(topo, kernels.kernel(kernel), x2apic)
         self.debug_store = DebugStore(self.smp)
         self.sched_key = PerfSchedEvents(self.smp)
-        self.pmus = [PhysicalPMU(c, topo.gp_counters, topo.fixed_counters)
+        self.cpuc = [CpuHwEvents(c, topo.gp_counters, topo.fixed_counters)
                      for c in range(topo.ncpus)]
         self.events: dict[int, PerfEvent] = {}
         self.tasks: dict[str, Task] = {}
@@ -103,18 +101,18 @@ class HostPerf:
             for _ in range(host_pinned):
                 self._boot_cpu_event(cpu, "llc_misses")
         for cpu in busy_pcpus:                   # every counter held by host pinned events
-            pmu = self.pmus[cpu]
-            for j, holder in enumerate(pmu.fixed):
+            cpuc = self.cpuc[cpu]
+            for j, holder in enumerate(cpuc.fixed):
                 if holder is None:
                     self._boot_cpu_event(cpu, msr.FIXED_EVENTS[j])
-            for _ in range(pmu.free_gp()):
+            for _ in range(cpuc.free_gp()):
                 self._boot_cpu_event(cpu, "llc_misses")
 
     # --- boot ---------------------------------------------------------------------------------
 
     def _boot_cpu_event(self, cpu: int, kind: str) -> None:
         ev = self._new_event("host", None, cpu, kind, False, False, 0, -1)
-        ev.slot = self.pmus[cpu].assign(ev)
+        ev.slot = self.cpuc[cpu].assign(ev)
         if ev.slot is None:
             raise ValueError(f"pCPU {cpu} has no counter left for a host {kind} event")
         ev.oncpu = cpu
@@ -177,7 +175,7 @@ class HostPerf:
         if cpu == -1 or not ev.enabled or ev.error or ev.slot is not None:
             return
         ledger.charge("x86_counter_schedule")
-        ev.slot = self.pmus[cpu].assign(ev)
+        ev.slot = self.cpuc[cpu].assign(ev)
         if ev.slot is None:
             ev.error = True              # a pinned event with no counter: perf's error state
             self.stats["pinned_errors"] += 1
@@ -189,42 +187,21 @@ class HostPerf:
         if ev.slot is None:
             return
         ledger.charge("pmu_wrmsr")       # clear the event select
-        self.pmus[ev.oncpu].release(ev.slot)
+        self.cpuc[ev.oncpu].release(ev.slot)
         ev.slot, ev.oncpu = None, -1
 
     # --- the perf API KVM calls ----------------------------------------------------------------
 
-    def call(self, owner: str, op: str, args: dict, ledger: Ledger) -> dict:
-        """One perf call from the vCPU task ``owner``, as it arrives in a PERF_CALL message."""
-        if op == "account":                  # only the retired events, counted before the op
-            return {}
-        if op == "sched_in":
-            self.sched_in(owner, args["cpu"], ledger)
-            return {}
-        if op == "sched_out":
-            self.sched_out(owner, ledger)
-            return {}
-        if op == "migrate":                      # dequeue on the old pCPU, enqueue on the new
-            self.sched_out(owner, ledger)
-            self.sched_in(owner, args["cpu"], ledger)
-            return {}
-        if op == "create":
-            ev = self.create(owner, args, ledger)
-            return {"handle": ev.handle, "oncpu": ev.oncpu}
-        if op == "release":
-            return {"count": self.release(owner, args["handle"], ledger)}
-        if op == "read":
-            ev = self.read(owner, args["handle"], ledger)
-            return {"count": ev.count, "enabled": ev.time_enabled, "running": ev.time_running}
-        if op == "pause":
-            return {"count": self.pause(owner, args["handle"], bool(args.get("reset")), ledger)}
-        if op == "period":
-            self.period(owner, args["handle"], args["period"], ledger)
-            return {}
-        if op in ("enable", "disable"):
-            getattr(self, op)(owner, args["handle"], ledger)
-            return {}
-        raise PerfError(f"unknown perf call {op!r}")
+    def call(self, owner: str, op, ledger: Ledger):
+        """One request of the vCPU task ``owner``: a perf API call or a scheduling of the task
+        (a record of schema.PERF_API or schema.SCHED_OPS), dispatched from CALLS; returns the
+        call's typed result (schema.RESULT_OF), None for the others."""
+        return CALLS[type(op)](self, owner, op, ledger)
+
+    def migrate(self, name: str, cpu: int, ledger: Ledger) -> None:
+        """Dequeue the task on its old pCPU, enqueue it on the new one."""
+        self.sched_out(name, ledger)
+        self.sched_in(name, cpu, ledger)
 
     def owned(self, owner: str, handle: int) -> PerfEvent:
         ev = self.events.get(handle)
@@ -234,24 +211,20 @@ class HostPerf:
             raise PerfError(f"perf event {handle} belongs to {ev.owner}, not {owner}")
         return ev
 
-    def create(self, owner: str, args: dict, ledger: Ledger) -> PerfEvent:
+    def create(self, owner: str, attr: schema.PerfCreate, ledger: Ledger) -> PerfEvent:
         """perf_event_create_kernel_counter(attr, cpu=-1, task=current, overflow_handler)."""
-        kind = args["kind"]
-        if kind not in msr.EVENT_KINDS:
-            raise PerfError(f"event kind {kind!r} is not supported by this PMU")
-        period = args["sample_period"]
-        if type(period) is not int or period < 0:
-            raise PerfError(f"sample_period {period!r}")
+        if attr.kind not in msr.EVENT_KINDS:
+            raise PerfError(f"event kind {attr.kind!r} is not supported by this PMU")
+        if attr.sample_period < 0:
+            raise PerfError(f"sample_period {attr.sample_period!r}")
         ledger.charge("perf_event_alloc")
         self._reserve_hardware(self._caller_cpu(owner), ledger)
         self.sched_key.account(self._caller_cpu(owner), ledger)
         task = self.task(owner)
         bound = task.cpu if self.event_binding == "cpu" else -1
-        ev = self._new_event(owner, owner, bound, kind, bool(args.get("exclude_user")),
-                             bool(args.get("exclude_kernel")), period, args.get("context", -1))
-        if args.get("cmask"):
-            ev.filter = filters.Filter(args["cmask"], bool(args.get("inv")),
-                                       bool(args.get("edge")))
+        ev = self._new_event(owner, owner, bound, attr.kind, attr.exclude_user,
+                             attr.exclude_kernel, attr.sample_period, attr.context)
+        ev.filter = attr.filter if attr.filter is not None and attr.filter.cmask else None
         task.events.append(ev)
         ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
         ledger.charge("local_function_call")
@@ -293,7 +266,7 @@ class HostPerf:
         """perf_event_period: a new sample period; 0 is rejected (-EINVAL)."""
         ev = self.owned(owner, handle)
         ledger.charge("perf_ctx_lock")
-        if type(period) is not int or period <= 0 or not ev.sample_period:
+        if period <= 0 or not ev.sample_period:
             raise PerfError(f"period {period!r} rejected for event {handle}")
         ev.sample_period = period
         if ev.slot is not None:          # an active event is stopped and restarted in place
@@ -328,7 +301,7 @@ class HostPerf:
         if cpu != -1:
             self.pcpu_clock[cpu] = self.pcpu_clock.get(cpu, 0) + ns
 
-    def account(self, name: str, retired: dict, stretches: list = (),
+    def account(self, name: str, retired: dict, stretches: list[schema.Stretch] = (),
                 cpl: int = 3) -> list[PerfEvent]:
         """Count what the guest retired on the task's pCPU; return the events that overflowed
         and whose owner must be called back, in counter order. Filtered events count the
@@ -360,11 +333,11 @@ class HostPerf:
         return overflowed
 
     @staticmethod
-    def increments(ev: PerfEvent, retired: dict, stretches) -> int:
+    def increments(ev: PerfEvent, retired: dict, stretches: list[schema.Stretch]) -> int:
         if ev.filter is None:
             return retired.get(ev.kind, 0)
-        return sum(filters.count(ev.filter, cycles, chunk.get(ev.kind, 0), Fraction(*y0),
-                                 Fraction(*y1), False)[0] for cycles, chunk, y0, y1 in stretches)
+        return sum(cmask.count(ev.filter, s.cycles, s.events.get(ev.kind, 0), Fraction(*s.y0),
+                               Fraction(*s.y1), False)[0] for s in stretches)
 
     def _host_pmi(self, ev: PerfEvent) -> None:
         """intel_pmu_handle_irq for one counter: update the count (done), re-arm the period."""
@@ -374,7 +347,7 @@ class HostPerf:
             left = period
         elif left <= 0:
             left += period
-        ev.period_left = min(left, MAX_PERIOD)
+        ev.period_left = min(left, msr.MAX_PERIOD)
         if ev.sample_period:
             self.stats["overflows_to_owner"] += 1
 
@@ -387,15 +360,19 @@ class HostPerf:
                 out[ev.kind] = min(out.get(ev.kind, ev.period_left), ev.period_left)
         return out
 
-    def filtered_budget(self, name: str) -> list[list]:
-        """The same for EDGE/INV/CMASK events: [kind, cmask, inv, edge, increments left]."""
+    def filtered_budget(self, name: str) -> list[schema.FilteredBudget]:
+        """The same for EDGE/INV/CMASK events, in increments of their condition."""
         task = self.task(name)
-        return [[ev.kind, ev.filter.cmask, ev.filter.inv, ev.filter.edge, ev.period_left]
-                for ev in task.events
+        return [schema.FilteredBudget(ev.kind, ev.filter, ev.period_left) for ev in task.events
                 if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is not None]
 
-    def oncpu(self, name: str) -> dict[str, int]:
-        return {str(ev.handle): ev.oncpu for ev in self.task(name).events}
+    def oncpu_changes(self, name: str) -> list[PerfEvent]:
+        """The task's events whose ``oncpu`` changed since their owner last heard of it; from
+        now on it has."""
+        moved = [ev for ev in self.task(name).events if ev.oncpu != ev.oncpu_told]
+        for ev in moved:
+            ev.oncpu_told = ev.oncpu
+        return moved
 
     # --- x86 hardware reservation and the debug store ------------------------------------------
 
@@ -434,3 +411,34 @@ def reservation_cycle(topo: Topology, kernel: str = kernels.DEFAULT,
     perf.sched_key.account(0, ledger)
     perf._release_hardware(0, ledger)
     return ledger
+
+
+# --- the requests a vCPU task makes, and their typed results ----------------------------------------
+
+def _create(perf: HostPerf, owner: str, op: schema.PerfCreate, ledger: Ledger) -> schema.Created:
+    ev = perf.create(owner, op, ledger)
+    ev.oncpu_told = ev.oncpu                     # the owner learns it from the result
+    return schema.Created(ev.handle, ev.oncpu)
+
+
+def _read(perf: HostPerf, owner: str, op: schema.PerfRead, ledger: Ledger) -> schema.ReadValue:
+    ev = perf.read(owner, op.handle, ledger)
+    return schema.ReadValue(ev.count, ev.time_enabled, ev.time_running)
+
+
+CALLS = {
+    schema.PerfCreate: _create,
+    schema.PerfRelease: lambda perf, owner, op, ledger:
+        schema.Count(perf.release(owner, op.handle, ledger)),
+    schema.PerfRead: _read,
+    schema.PerfPause: lambda perf, owner, op, ledger:
+        schema.Count(perf.pause(owner, op.handle, op.reset, ledger)),
+    schema.PerfPeriod: lambda perf, owner, op, ledger:
+        perf.period(owner, op.handle, op.period, ledger),
+    schema.PerfEnable: lambda perf, owner, op, ledger: perf.enable(owner, op.handle, ledger),
+    schema.PerfDisable: lambda perf, owner, op, ledger: perf.disable(owner, op.handle, ledger),
+    schema.SchedIn: lambda perf, owner, op, ledger: perf.sched_in(owner, op.cpu, ledger),
+    schema.SchedOut: lambda perf, owner, op, ledger: perf.sched_out(owner, ledger),
+    schema.Migrate: lambda perf, owner, op, ledger: perf.migrate(owner, op.cpu, ledger),
+}
+assert set(CALLS) == set(schema.OP_NAME)

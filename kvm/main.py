@@ -18,6 +18,7 @@ class Vm:
 
     def __init__(self, svc: child.Process, listen_base: str):
         self.svc = svc
+        self.name = svc.name.removeprefix("kvm-")
         self.listen_base = listen_base
         self.threads: list[VcpuThread] = []
 
@@ -26,7 +27,7 @@ class Vm:
         policy = policies.load(cfg["policy"])
         topo = preset(cfg["host"]["preset"])
         vcfg = dict(cfg, ghz=topo.ghz)
-        self.threads = [VcpuThread(self.svc.ctx, self.svc.name.removeprefix("kvm-"), i, pcpu, run,
+        self.threads = [VcpuThread(self.svc.ctx, self.name, i, pcpu, run,
                                    policy, vcfg, peers["perf"], self.listen_base, topo,
                                    self.svc.security)
                         for i, pcpu in enumerate(config.vcpu_pins(cfg))]
@@ -37,11 +38,11 @@ class Vm:
             if t.failure or not t.endpoint:
                 raise RuntimeError(f"vCPU {t.index} did not come up: {t.failure}")
         log.info("READY run %d: policy %s; vCPU -> pCPU (thread, real CPUs): %s", run, policy.name,
-                 ", ".join(f"{t.index} -> {t.pcpu} ({t.affinity['tid']}, "
-                           f"{t.affinity['cpus'] or 'not pinned'})" for t in self.threads))
+                 ", ".join(f"{t.index} -> {t.pcpu} ({t.affinity.tid}, "
+                           f"{t.affinity.cpus or 'not pinned'})" for t in self.threads))
         return {"vcpus": [t.endpoint for t in self.threads]}
 
-    def finish(self) -> dict:
+    def finish(self) -> schema.KvmReport:
         """Every vCPU has finished (or the run is being aborted): stop and join the threads."""
         for t in self.threads:
             t.stop.set()
@@ -56,9 +57,9 @@ class Vm:
             log.info("protocol errors on the guest links, by class: %s", errors)
         for r in reports:
             log.info("vCPU %d summary: exits %d, handle_event %d, overflows %d, injected %d",
-                     r["vcpu"], sum(r["exits"].values()), r["handle_event"]["modeled_ns"]["count"],
-                     r["overflows"], r["injected"])
-        return {"vcpus": reports}
+                     r.vcpu, sum(r.exits.values()), r.handle_event.modeled_ns.count,
+                     r.overflows, r.injected)
+        return schema.KvmReport(self.name, reports)
 
     def stop(self) -> None:
         for t in self.threads:

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 from typing import Protocol
 
-from common import faults, msr
+from common import cmask, faults, msr, schema
 from common.costs import Ledger
 
 KVM_REQ_PMU = "KVM_REQ_PMU"
@@ -29,7 +29,7 @@ class PerfCallRefused(Exception):
 class PerfApi(Protocol):
     """The host perf calls a vCPU thread can make (a message round trip in the real run)."""
 
-    def call(self, op: str, **args) -> dict: ...
+    def call(self, op: schema.PerfOp): ...
 
 
 @dataclasses.dataclass
@@ -38,7 +38,8 @@ class KvmPmc:
     counter: int = 0
     eventsel: int = 0              # GP: PERFEVTSEL; fixed: its 4-bit FIXED_CTR_CTRL field
     perf_event: int | None = None  # handle of the backing host event
-    oncpu: int = -1                # KVM's mirror of perf_event->oncpu, from the host's replies
+    oncpu: int = -1                # KVM's mirror of perf_event->oncpu: create's result, then the
+                                   # host's Oncpu pushes
     current_config: int = 0        # reuse/deferred: config of the live event
     is_paused: bool = False
     intr: bool = False
@@ -95,8 +96,7 @@ class KvmPmu:
 
     def enabled(self, pmc: KvmPmc) -> bool:
         """Both enables: the counter's own (EN / fixed field) and its GLOBAL_CTRL bit."""
-        local = pmc.eventsel & 0x3 if pmc.fixed else pmc.eventsel & msr.EVTSEL_EN
-        return bool(local) and bool(self.global_ctrl & pmc.bit)
+        return msr.counter_enabled(pmc.idx, pmc.eventsel, self.global_ctrl)
 
     # --- counters and the host event ------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class KvmPmu:
         """pmc_read_counter: the saved value plus what the live event counted."""
         value = pmc.counter
         if pmc.perf_event is not None and not pmc.is_paused:
-            value += self.perf.call("read", handle=pmc.perf_event)["count"]
+            value += self.perf.call(schema.PerfRead(pmc.perf_event)).count
         if faults.active("kvm_count_skew"):
             value += 1
         return value & self.counter_bitmask
@@ -118,7 +118,7 @@ class KvmPmu:
         if pmc.perf_event is None:
             return
         pmc.counter = self.read_counter(pmc)
-        self.perf.call("release", handle=pmc.perf_event)
+        self.perf.call(schema.PerfRelease(pmc.perf_event))
         pmc.perf_event, pmc.oncpu, pmc.is_paused, pmc.current_config = None, -1, False, 0
 
     def create_event(self, pmc: KvmPmc, period: int) -> None:
@@ -127,14 +127,11 @@ class KvmPmu:
         kind, user, kernel = self.event_of(pmc)
         if kind is None:
             return                                    # an event the host PMU cannot count
-        sel = 0 if pmc.fixed else pmc.eventsel
-        result = self.perf.call("create", kind=kind, exclude_user=not user,
-                                exclude_kernel=not kernel, sample_period=period,
-                                context=pmc.idx, intr=pmc.intr,
-                                cmask=(sel & msr.EVTSEL_CMASK) >> 24,
-                                inv=bool(sel & msr.EVTSEL_INV), edge=bool(sel & msr.EVTSEL_EDGE))
-        pmc.perf_event = result["handle"]
-        pmc.oncpu = result["oncpu"]
+        created = self.perf.call(schema.PerfCreate(
+            kind, exclude_user=not user, exclude_kernel=not kernel, sample_period=period,
+            context=pmc.idx, intr=pmc.intr, filter=None if pmc.fixed else cmask.of(pmc.eventsel)))
+        pmc.perf_event = created.handle
+        pmc.oncpu = created.oncpu
         pmc.current_config = self.config_of(pmc)
         pmc.is_paused = False
         self.reprogram_pmi &= ~pmc.bit
@@ -189,15 +186,16 @@ class KvmPmu:
     # --- MSR emulation --------------------------------------------------------------------------
 
     def _counter_msr(self, index: int) -> tuple[KvmPmc | None, str]:
-        """Map a counter MSR to its pmc and the kind of access ('legacy', 'full', 'fixed')."""
-        if msr.MSR_IA32_PERFCTR0 <= index < msr.MSR_IA32_PERFCTR0 + 8:
-            return self.pmc(index - msr.MSR_IA32_PERFCTR0), "legacy"
-        if msr.MSR_IA32_PMC0 <= index < msr.MSR_IA32_PMC0 + 8:
-            return self.pmc(index - msr.MSR_IA32_PMC0), "full"
-        if msr.MSR_CORE_PERF_FIXED_CTR0 <= index < msr.MSR_CORE_PERF_FIXED_CTR0 + 8:
-            j = index - msr.MSR_CORE_PERF_FIXED_CTR0
-            return (self.fixed[j] if j < self.nr_fixed else None), "fixed"
-        return None, ""
+        """The pmc a counter MSR names on this vCPU (get_gp_pmc / get_fixed_pmc) and the kind of
+        access (common/msr.py counter_msr)."""
+        named = msr.counter_msr(index)
+        if named is None:
+            return None, ""
+        return self.pmc(named[0]), named[1]
+
+    def _evtsel_msr(self, index: int) -> KvmPmc | None:
+        gp = msr.evtsel_msr(index)
+        return None if gp is None else self.pmc(gp)
 
     def _legacy_p6(self, index: int) -> bool:
         """PERFCTR0/1 (0xC1/0xC2) exist on every P6-class CPU: KVM drops writes and reads 0."""
@@ -217,10 +215,9 @@ class KvmPmu:
             return msr.PERF_CAP_FW_WRITE
         if index == msr.MSR_X2APIC_LVTPC:
             return self.lvtpc
-        if msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + 8:
-            pmc = self.pmc(index - msr.MSR_P6_EVNTSEL0)
-            if pmc is not None:
-                return pmc.eventsel
+        pmc = self._evtsel_msr(index)
+        if pmc is not None:
+            return pmc.eventsel
         pmc, _ = self._counter_msr(index)
         if pmc is not None:
             return self.read_counter(pmc)
@@ -248,15 +245,13 @@ class KvmPmu:
             return None
         if index == msr.MSR_X2APIC_EOI:
             return None
-        if msr.MSR_P6_EVNTSEL0 <= index < msr.MSR_P6_EVNTSEL0 + 8:
-            pmc = self.pmc(index - msr.MSR_P6_EVNTSEL0)
-            if pmc is not None:
-                return self._set_eventsel(pmc, data)
+        pmc = self._evtsel_msr(index)
+        if pmc is not None:
+            return self._set_eventsel(pmc, data)
         pmc, access = self._counter_msr(index)
         if pmc is not None:
-            if access == "legacy":
-                data = msr.sign_extend_32(data)
-            elif data & ~self.counter_bitmask:
+            data = msr.written_value(access, data)
+            if access != "legacy" and data & ~self.counter_bitmask:
                 raise GuestFault(f"WRMSR {index:#x} = {data:#x}: bits above the counter width")
             self.policy.write_counter(self, pmc, data & self.counter_bitmask)
             self.pmc_in_use |= pmc.bit
@@ -302,9 +297,8 @@ class KvmPmu:
         self.ledger.charge("msr_emulation")
         if ecx & msr.RDPMC_FAST:
             raise GuestFault(f"RDPMC {ecx:#x}: fast reads are not supported")
-        idx = ecx & ~msr.RDPMC_FIXED
-        pmc = self.pmc(msr.FIXED_IDX_BASE + idx if ecx & msr.RDPMC_FIXED else idx) \
-            if idx < msr.FIXED_IDX_BASE else None
+        idx = msr.rdpmc_counter(ecx)
+        pmc = None if idx is None else self.pmc(idx)
         if pmc is None:
             raise GuestFault(f"RDPMC {ecx:#x}: no such counter")
         return self.read_counter(pmc)

@@ -39,7 +39,7 @@ class FakeCpu:
         return self.hw.status
 
     def rdpmc(self, ecx):
-        return self.hw.value[32 + (ecx & 0xFF) if ecx & msr.RDPMC_FIXED else ecx]
+        return self.hw.value[msr.rdpmc_counter(ecx)]
 
     def retire(self, cycles, per_cycle=None):
         """Retire ``cycles`` cycles (and per_cycle[k] x cycles of other kinds), stopping at

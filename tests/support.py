@@ -4,6 +4,7 @@ Tests import these from here; ``conftest.py`` holds only fixtures and hooks.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -68,10 +69,10 @@ class LocalPerf:
         self.calls: list[str] = []
         host.sched_in(owner, cpu, self.ledger)
 
-    def call(self, op: str, **args) -> dict:
-        self.calls.append(op)
+    def call(self, op: schema.PerfOp):
+        self.calls.append(schema.OP_NAME[type(op)])
         try:
-            return self.host.call(self.owner, op, args, self.ledger)
+            return self.host.call(self.owner, op, self.ledger)
         except PerfError as exc:
             raise PerfCallRefused(str(exc)) from None
 
@@ -122,8 +123,8 @@ class InstantKvm:
         self.exits.append(body)
 
     def recv(self, timeout_s=None, stop=None):
-        return b"", schema.Message(MsgType.ENTRY, 0, schema.Entry(
-            0, False, dict(self.budget), filtered=[list(f) for f in self.filtered]))
+        return b"", schema.Message(MsgType.ENTRY, 0, schema.Entry(   # fresh records, as decoded
+            0, False, dict(self.budget), filtered=[dataclasses.replace(f) for f in self.filtered]))
 
 
 def make_cpu(kvm, max_exits=1_000_000, profile="compute", ghz=2.5) -> GuestCpu:

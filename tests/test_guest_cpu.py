@@ -3,6 +3,8 @@ import random
 
 import pytest
 
+from common import schema
+from common.cmask import Filter
 from guest.cpu import FLUSH_AFTER, RunStopped
 from guest.workload import PROFILES, Workload
 from support import InstantKvm, make_cpu
@@ -57,7 +59,8 @@ def test_what_piles_up_between_exits_stays_bounded():
 
 
 def test_stretches_are_kept_only_while_a_filtered_counter_reads_them():
-    kvm = InstantKvm({"cycles": 10**9}, filtered=[["instructions", 1, False, False, 10**12]])
+    kvm = InstantKvm({"cycles": 10**9}, filtered=[schema.FilteredBudget(
+        "instructions", Filter(1, False, False), 10**12)])
     cpu = make_cpu(kvm)
     for _ in range(2 * FLUSH_AFTER):
         cpu.retire(instructions=1)

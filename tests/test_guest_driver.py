@@ -2,7 +2,7 @@
 import pytest
 
 from fake_cpu import FakeCpu
-from guest.driver import MAX_SAMPLES_PER_TICK, GuestEvent, X86Pmu, events_from_sessions
+from guest.driver import MAX_SAMPLES_PER_TICK, GuestEvent, PerfDriver, events_from_sessions
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -11,11 +11,11 @@ def test_fixed_period_sampling_and_exact_counts():
     cpu = FakeCpu()
     rec = GuestEvent("record:instructions", "instructions", period=100_000)
     stat = GuestEvent("stat:branches", "branches")
-    pmu = X86Pmu(cpu, [rec, stat])
-    pmu.start()
+    driver = PerfDriver(cpu, [rec, stat])
+    driver.start()
     cpu.retire(1_000_000, {"instructions": 2, "branches": 1})     # 2M instructions
-    pmu.read()
-    assert rec.samples == 20 and pmu.handled == 20
+    driver.read()
+    assert rec.samples == 20 and driver.handled == 20
     assert rec.count == 2_000_000 and stat.count == 1_000_000
     assert rec.idx == 32 and stat.idx == 0                         # fixed 0 for instructions
 
@@ -23,7 +23,7 @@ def test_fixed_period_sampling_and_exact_counts():
 def test_frequency_mode_converges_to_the_asked_rate():
     cpu = FakeCpu(ghz=2.5)
     ev = GuestEvent("record:cycles", "cycles", freq=1000)
-    X86Pmu(cpu, [ev]).start()
+    PerfDriver(cpu, [ev]).start()
     cpu.retire(2_500_000 * 40)                                     # 40 ms
     assert ev.sample_period == pytest.approx(2_500_000, rel=0.02)
     before = ev.samples
@@ -34,8 +34,8 @@ def test_frequency_mode_converges_to_the_asked_rate():
 def test_throttling_caps_samples_per_tick():
     cpu = FakeCpu(ghz=2.5)
     ev = GuestEvent("record:cycles", "cycles", period=1000)        # 2.5 M/s > 100 k/s
-    pmu = X86Pmu(cpu, [ev, GuestEvent("f", "branches", freq=10)])  # a freq event: a tick
-    pmu.start()
+    driver = PerfDriver(cpu, [ev, GuestEvent("f", "branches", freq=10)])  # a freq event: a tick
+    driver.start()
     cpu.retire(2_500_000 * 5)
     assert ev.samples <= 5 * MAX_SAMPLES_PER_TICK + MAX_SAMPLES_PER_TICK
     assert ev.samples >= 4 * MAX_SAMPLES_PER_TICK
@@ -45,12 +45,12 @@ def test_more_events_than_counters_are_rotated_and_scaled():
     cpu = FakeCpu()
     kinds = ["branches", "branch_misses", "llc_refs", "llc_misses", "branches", "llc_refs"]
     events = [GuestEvent(f"stat:{k}{i}", k) for i, k in enumerate(kinds)]
-    pmu = X86Pmu(cpu, events)
-    pmu.start()
+    driver = PerfDriver(cpu, events)
+    driver.start()
     rates = {"branches": 1, "branch_misses": 1, "llc_refs": 1, "llc_misses": 1}
     cpu.retire(2_500_000 * 40, rates)
-    pmu.read()
-    assert pmu.rotations >= 8
+    driver.read()
+    assert driver.rotations >= 8
     for ev in events:
         assert 0 < ev.running_ns < ev.enabled_ns
         scaled = ev.count * ev.enabled_ns // ev.running_ns
@@ -61,8 +61,8 @@ def test_guest_watchdog_takes_fixed_counter_1():
     cpu = FakeCpu(ghz=2.5)
     events = events_from_sessions([{"mode": "record", "event": "cycles", "period": 10_000}],
                                   2.5, watchdog=True)
-    pmu = X86Pmu(cpu, events)
-    pmu.start()
+    driver = PerfDriver(cpu, events)
+    driver.start()
     wd, rec = events
     assert wd.watchdog and wd.idx == 33 and rec.idx == 0
     assert wd.sample_period == 25_000_000_000
@@ -71,20 +71,20 @@ def test_guest_watchdog_takes_fixed_counter_1():
 def test_throttling_is_lifted_at_the_next_tick_for_fixed_period_events():
     cpu = FakeCpu(ghz=2.5)
     ev = GuestEvent("record:instructions", "instructions", period=20_000)
-    pmu = X86Pmu(cpu, [ev])
-    pmu.start()
+    driver = PerfDriver(cpu, [ev])
+    driver.start()
     cpu.retire(2_500_000 * 30, {"instructions": 1})     # 125 samples a tick would be wanted
     assert ev.samples >= 30 * MAX_SAMPLES_PER_TICK * 0.9
-    assert pmu.ticks == 30
+    assert driver.ticks == 30
 
 
 def test_context_switches_stop_and_restart_a_task_s_events():
     cpu = FakeCpu(ghz=2.5)
     rec = GuestEvent("record:instructions", "instructions", period=250_000)
-    pmu = X86Pmu(cpu, [rec], switch_ms=2)
-    pmu.start()
+    driver = PerfDriver(cpu, [rec], switch_ms=2)
+    driver.start()
     cpu.retire(2_500_000 * 40, {"instructions": 1})      # 40 ms, half of it another task's
-    pmu.read()
-    assert pmu.switches == 20
+    driver.read()
+    assert driver.switches == 20
     assert rec.count == pytest.approx(2_500_000 * 20, rel=0.05)
     assert rec.running_ns == rec.enabled_ns == pytest.approx(20_000_000, rel=0.05)

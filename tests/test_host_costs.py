@@ -4,7 +4,7 @@ Each expected count is derived from the kernel code the module cites, for a 224-
 (4 sockets x 28 cores x 2 threads, one node per socket) called from pCPU 0."""
 import pytest
 
-from common import config, costs, kernels
+from common import config, costs, kernels, schema
 from common.costs import Ledger
 from common.topology import PRESETS, preset
 from host.debug_store import DebugStore
@@ -18,7 +18,8 @@ SKX = preset("skx-4s")
 N = SKX.ncpus                     # 224
 SAME_NODE = 2 * 28                # the caller's socket, both threads
 PAGES = 16
-ARGS = {"kind": "instructions", "sample_period": 100, "context": 0}
+ARGS = schema.PerfCreate("instructions", exclude_user=False, exclude_kernel=False,
+                         sample_period=100, context=0, intr=True)
 
 
 def smp(release="4.20", mode="cluster", topo=SKX):

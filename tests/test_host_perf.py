@@ -1,13 +1,18 @@
 """The host perf model: counters, scheduling, overflow, reservation, static key, costs."""
+import dataclasses
+
 import pytest
 
-from common import costs
+from common import costs, schema
+from common.cmask import Filter
 from common.costs import Ledger
 from common.topology import preset
-from host.perf import MAX_PERIOD, STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
+from common.msr import MAX_PERIOD
+from host.perf import STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
-ARGS = {"kind": "instructions", "sample_period": 100, "context": 0}
+ARGS = schema.PerfCreate("instructions", exclude_user=False, exclude_kernel=False,
+                         sample_period=100, context=0, intr=True)
 
 
 def new_host(name="small", watchdog=False, pinned=0):
@@ -18,9 +23,9 @@ def test_event_follows_its_task_between_pcpus():
     host, led = new_host(), Ledger()
     host.sched_in("t", 2, led)
     ev = host.create("t", ARGS, led)
-    assert ev.oncpu == 2 and host.pmus[2].fixed[0] is ev      # instructions prefer fixed 0
+    assert ev.oncpu == 2 and host.cpuc[2].fixed[0] is ev      # instructions prefer fixed 0
     host.sched_out("t", led)
-    assert ev.oncpu == -1 and host.pmus[2].fixed[0] is None
+    assert ev.oncpu == -1 and host.cpuc[2].fixed[0] is None
     host.sched_in("t", 5, led)
     assert ev.oncpu == 5 and host.stats["sched_in_other_cpu"] == 1
 
@@ -28,7 +33,7 @@ def test_event_follows_its_task_between_pcpus():
 def test_contention_puts_a_pinned_event_in_error_until_enabled_again():
     host, led = new_host(pinned=4), Ledger()            # every GP counter held by the host
     host.sched_in("t", 0, led)
-    ev = host.create("t", dict(ARGS, kind="branches"), led)
+    ev = host.create("t", dataclasses.replace(ARGS, kind="branches"), led)
     assert ev.oncpu == -1 and ev.error and host.stats["pinned_errors"] == 1
     host.sched_out("t", led)
     host.sched_in("t", 0, led)
@@ -39,7 +44,7 @@ def test_contention_puts_a_pinned_event_in_error_until_enabled_again():
 def test_watchdog_takes_fixed_counter_1_so_cycles_go_to_a_gp_counter():
     host, led = new_host(watchdog=True), Ledger()
     host.sched_in("t", 0, led)
-    ev = host.create("t", dict(ARGS, kind="cycles"), led)
+    ev = host.create("t", dataclasses.replace(ARGS, kind="cycles"), led)
     assert ev.slot == ("gp", 0)
 
 
@@ -57,7 +62,7 @@ def test_overflow_at_the_exact_event_and_rearm():
 def test_counting_event_never_calls_back_and_period_is_clamped():
     host, led = new_host(), Ledger()
     host.sched_in("t", 0, led)
-    ev = host.create("t", dict(ARGS, sample_period=0), led)
+    ev = host.create("t", dataclasses.replace(ARGS, sample_period=0), led)
     assert host.budget("t") == {"instructions": MAX_PERIOD}
     assert host.account("t", {"instructions": MAX_PERIOD}) == []
     assert host.stats["overflows"] == 1 and ev.count == MAX_PERIOD
@@ -125,10 +130,11 @@ def test_cost_totals_are_linear_in_the_parameters():
 def test_a_cmask_event_counts_qualifying_cycles_and_budgets_them():
     host, led = new_host(), Ledger()
     host.sched_in("t", 0, led)
-    ev = host.create("t", dict(ARGS, kind="instructions", sample_period=600, cmask=3), led)
+    ev = host.create("t", dataclasses.replace(ARGS, sample_period=600,
+                                              filter=Filter(3, False, False)), led)
     assert host.budget("t") == {} and host.filtered_budget("t") == [
-        ["instructions", 3, False, False, 600]]
+        schema.FilteredBudget("instructions", Filter(3, False, False), 600)]
     # 5,000 instructions over 2,000 cycles: 1,000 cycles retire 3, the others 2
-    stretch = [2000, {"instructions": 5000, "cycles": 2000}, [0, 1], [1000, 1]]
+    stretch = schema.Stretch(2000, {"instructions": 5000, "cycles": 2000}, [0, 1], [1000, 1])
     assert host.account("t", {"instructions": 2500, "cycles": 1000}, [stretch]) == []
-    assert ev.count == 500 and host.filtered_budget("t")[0][4] == 100
+    assert ev.count == 500 and host.filtered_budget("t")[0].left == 100

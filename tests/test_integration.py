@@ -31,6 +31,11 @@ def test_seed_scenario_runs_every_policy(seed_run):
                              "kernel": "4.20", "x2apic": "cluster"}
         assert r["timeslices"] > 0
         assert r["guest_nmi_handler"]["modeled_ns"]["mean"] > 0
+        assert r["vms"] == 1 and r["perf_costs"]["create"]["calls"] >= 1
+        guest_share = r["modeled_guest_ns"] / r["modeled_total_ns"]
+        assert r["modeled_vpmu_share"] + r["modeled_other_exits_share"] + guest_share == \
+            pytest.approx(1)
+        assert 0 < r["modeled_other_exits_share"] < r["modeled_vpmu_share"]
     assert "kvm_pmu_handle_event calls" in proc.stdout
 
 

@@ -74,8 +74,8 @@ def test_fuzzing_every_endpoint_of_a_live_run(tmp_path):
     control = os.path.join(os.path.dirname(ctrl.group(1)[len("ipc://"):]), "control")
     # a stranger that says hello to the host, then calls perf on events it does not own
     hello = schema.encode(schema.Hello("vcpu", "vm9/vcpu9", 1), 0)
-    bad_calls = [schema.encode(schema.PerfCall(i, "release", {"handle": h}, {}), i + 1)
-                 for i, h in enumerate([999_999, 1] * PER_CLASS)]
+    bad_calls = [schema.encode(schema.PerfCall(i, schema.PerfRelease(h), schema.Retired({}, [], 0)),
+                               i + 1) for i, h in enumerate([999_999, 1] * PER_CLASS)]
     targets = {"host": (ctrl.group(1), [hello, *bad_calls]), "kvm": (vcpu.group(1), []),
                "launcher": (f"ipc://{control}", [])}
     failures, replies = [], {}
@@ -94,7 +94,7 @@ def test_fuzzing_every_endpoint_of_a_live_run(tmp_path):
     assert not failures, failures
     for where, got in replies.items():               # a typed error reply for each frame
         assert {k: got.get(k, 0) for k in WANT} == WANT, (where, got)
-    assert replies["host"]["welcome"] == 1 and replies["host"]["perf_reply"] == 2 * PER_CLASS
+    assert replies["host"]["welcome"] == 1 and replies["host"]["host_reply"] == 2 * PER_CLASS
     assert sum(WANT.values()) * len(targets) >= 10_000
     assert proc.poll() is None                       # the run went on through all of it
     proc.send_signal(signal.SIGINT)

@@ -8,11 +8,11 @@ from common.stats import Samples, summary
 pytestmark = pytest.mark.unit
 
 
-def samples(values, once_at=None, seed=0) -> dict:
+def samples(values, once_at=None, seed=0):
     s = Samples(seed)
     for i, v in enumerate(values):
         s.add(v, once=i == once_at)
-    return s.to_dict()
+    return s.to_record()
 
 
 def test_the_first_sample_is_apart_unless_a_later_one_holds_the_one_time_cost():
@@ -41,7 +41,7 @@ def test_several_vcpus_the_largest_one_time_cost_and_the_others_steady():
 def test_a_long_run_stays_small_and_repeats(monkeypatch):
     monkeypatch.setattr(stats, "RESERVOIR", 100)
     a, b = samples(range(1000), seed=3), samples(range(1000), seed=3)
-    assert a == b and len(a["reservoir"]) == 101 and a["steady_max"] == 999
+    assert a == b and len(a.reservoir) == 101 and a.steady_max == 999
 
 
 def test_no_samples_is_zeros():

@@ -79,15 +79,15 @@ def test_a_guest_program_through_one_vcpu_thread(vcpu_of, policy):
     thread.join(10)
     assert not thread.is_alive() and thread.failure is None
     report = thread.report()
-    kinds = {v["kind"] for v in cpu.oracle.violations}
+    kinds = {v.kind for v in cpu.oracle.violations}
     if policy == "oncpu":
         assert "spurious_pmi" in kinds and cpu.pmis > 1
     else:
-        assert all(c["passed"] for c in cpu.checks), cpu.checks
+        assert all(c.passed for c in cpu.checks), cpu.checks
         assert kinds == set() and cpu.pmis == 1
-    assert report["injected"] == cpu.pmis and report["gp_faults"] == 1
-    assert report["exits"]["wrmsr"] == cpu.exits["wrmsr"]
-    assert report["handle_event"]["modeled_ns"]["count"] >= report["overflows"] >= 1
+    assert report.injected == cpu.pmis and report.gp_faults == 1
+    assert report.exits["wrmsr"] == cpu.exits["wrmsr"]
+    assert report.handle_event.modeled_ns.count >= report.overflows >= 1
 
 
 def test_a_stranger_on_the_vcpu_endpoint_is_refused_and_the_guest_goes_on(vcpu_of):
@@ -106,4 +106,4 @@ def test_a_stranger_on_the_vcpu_endpoint_is_refused_and_the_guest_goes_on(vcpu_o
         stranger.close()
         cpu.chan.close()
     thread.join(10)
-    assert thread.report()["protocol_errors"] == {"unknown_peer": 1}
+    assert thread.report().protocol_errors == {"unknown_peer": 1}

@@ -9,6 +9,7 @@ requests, so an NMI-mode PMI needs no second entry attempt.
 """
 from __future__ import annotations
 
+from common import schema
 from kvm.policies.reuse import Reuse
 
 
@@ -28,8 +29,7 @@ class Deferred(Reuse):
         """pmc_write_counter + pmc_update_sample_period."""
         pmc.counter = (pmc.counter + value - pmu.read_counter(pmc)) & pmu.counter_bitmask
         if pmc.perf_event is not None and not pmc.is_paused:
-            pmu.perf.call("period", handle=pmc.perf_event,
-                          period=self.sample_period(pmu, pmc.counter))
+            pmu.perf.call(schema.PerfPeriod(pmc.perf_event, self.sample_period(pmu, pmc.counter)))
 
 
 POLICY = Deferred

@@ -10,6 +10,7 @@ sched-in hook asks kvm_pmu_handle_event to release it. Every period is get_sampl
 """
 from __future__ import annotations
 
+from common import msr, schema
 from kvm.pmu import PerfCallRefused
 from kvm.policies.always import Always
 
@@ -25,18 +26,17 @@ class Reuse(Always):
         """pmc_pause_counter: fold the count in and stop the event, in one perf call."""
         if pmc.perf_event is None or pmc.is_paused:
             return
-        count = pmu.perf.call("pause", handle=pmc.perf_event, reset=True)["count"]
+        count = pmu.perf.call(schema.PerfPause(pmc.perf_event, reset=True)).count
         pmc.counter = (pmc.counter + count) & pmu.counter_bitmask
         pmc.is_paused = True
 
     def resume_counter(self, pmu, pmc) -> bool:
         """pmc_resume_counter: a new period (may be rejected), then enable."""
         try:
-            pmu.perf.call("period", handle=pmc.perf_event,
-                          period=self.sample_period(pmu, pmc.counter))
+            pmu.perf.call(schema.PerfPeriod(pmc.perf_event, self.sample_period(pmu, pmc.counter)))
         except PerfCallRefused:
             return False
-        pmu.perf.call("enable", handle=pmc.perf_event)
+        pmu.perf.call(schema.PerfEnable(pmc.perf_event))
         pmc.is_paused = False
         pmu.reprogram_pmi &= ~pmc.bit
         return True
@@ -58,8 +58,7 @@ class Reuse(Always):
     def write_counter(self, pmu, pmc, value: int) -> None:
         super().write_counter(pmu, pmc, value)
         if pmc.perf_event is not None:
-            pmu.perf.call("period", handle=pmc.perf_event,
-                          period=self.sample_period(pmu, pmc.counter))
+            pmu.perf.call(schema.PerfPeriod(pmc.perf_event, self.sample_period(pmu, pmc.counter)))
 
     def sched_in(self, pmu) -> None:
         """kvm_arch_sched_in: with events alive, ask handle_event to clean up unused ones."""
@@ -77,8 +76,7 @@ class Reuse(Always):
         for pmc in pmu.pmcs():
             if pmc.perf_event is None or pmu.pmc_in_use & pmc.bit:
                 continue
-            in_use = pmc.eventsel & 0x3 if pmc.fixed else pmc.eventsel & (1 << 22)
-            if not in_use:
+            if not msr.locally_enabled(pmc.idx, pmc.eventsel):
                 pmu.stats["reprogram_counter"]["sched_in_cleanup"] += 1
                 pmu.stop_counter(pmc)
         pmu.pmc_in_use = 0

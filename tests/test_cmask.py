@@ -4,8 +4,8 @@ from fractions import Fraction
 
 import pytest
 
-from common import filters
-from common.filters import Filter
+from common import cmask
+from common.cmask import Filter
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
@@ -30,7 +30,7 @@ def test_closed_form_matches_cycle_by_cycle():
         y = rng.randint(x, c)
         prev = rng.random() < 0.5
         want = brute(f, c, n, x, y, prev if x == 0 else brute(f, c, n, 0, x, prev)[1])
-        got = filters.count(f, c, n, Fraction(x), Fraction(y), prev if x == 0 else
+        got = cmask.count(f, c, n, Fraction(x), Fraction(y), prev if x == 0 else
                             brute(f, c, n, 0, x, prev)[1])
         assert got == want if y > x else got[0] == 0, (f, c, n, x, y, prev)
 
@@ -38,15 +38,15 @@ def test_closed_form_matches_cycle_by_cycle():
 def test_stretches_add_up_and_reach_finds_the_first_boundary():
     f = Filter(3, False, True)
     c, n = 1000, 2600
-    total, state = filters.count(f, c, n, Fraction(0), Fraction(c), False)
-    a, s = filters.count(f, c, n, Fraction(0), Fraction(377, 3), False)
-    b, s = filters.count(f, c, n, Fraction(377, 3), Fraction(c), s)
+    total, state = cmask.count(f, c, n, Fraction(0), Fraction(c), False)
+    a, s = cmask.count(f, c, n, Fraction(0), Fraction(377, 3), False)
+    b, s = cmask.count(f, c, n, Fraction(377, 3), Fraction(c), s)
     assert a + b == total and s == state
-    y = filters.reach(f, c, n, Fraction(0), False, 50)
-    assert filters.count(f, c, n, Fraction(0), Fraction(y), False)[0] == 50
-    assert filters.count(f, c, n, Fraction(0), Fraction(y - 1), False)[0] < 50
+    y = cmask.reach(f, c, n, Fraction(0), False, 50)
+    assert cmask.count(f, c, n, Fraction(0), Fraction(y), False)[0] == 50
+    assert cmask.count(f, c, n, Fraction(0), Fraction(y - 1), False)[0] < 50
 
 
 def test_cmask_zero_counts_every_event():
-    assert filters.of(0x4300C0 | (1 << 23)) is None
-    assert filters.of(0x4300C0 | (2 << 24)) == Filter(2, False, False)
+    assert cmask.of(0x4300C0 | (1 << 23)) is None
+    assert cmask.of(0x4300C0 | (2 << 24)) == Filter(2, False, False)

@@ -1,10 +1,11 @@
-"""The physical PMU of one pCPU: which perf event holds which hardware counter."""
+"""The hardware counters of one pCPU and the perf event each holds (x86 perf's per-CPU
+``struct cpu_hw_events``)."""
 from __future__ import annotations
 
 from common import msr
 
 
-class PhysicalPMU:
+class CpuHwEvents:
     """General-purpose and fixed counters of one hardware thread.
 
     Assignment follows x86 perf's scheduling in the cases vpmu-emu models: CPU-pinned events are
