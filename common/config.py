@@ -32,8 +32,8 @@ DEFAULTS: dict = {
     "costs": {},
     # how this launch is deployed rather than what it emulates (flags of the same names)
     "launch": {"out": "", "force": False, "external": [], "bind": "127.0.0.1", "host_addr": "",
-               "kvm_addr": "", "plan": False, "insecure_tcp": False, "lost_after": 2.0, "stuck_after": 5.0,
-               "explain_costs": False},
+               "kvm_addr": "", "plan": False, "insecure_tcp": False, "lost_after": 2.0,
+               "stuck_after": 5.0, "explain_costs": False},
 }
 
 POLICIES = ("always", "oncpu", "reuse", "deferred")

@@ -240,13 +240,14 @@ def figures(run: dict | None) -> dict:
     if run is None:
         return dict.fromkeys(FIGURES)
     he = run["handle_event"]
-    pmis = run["pmis"]["handled"]
+    pmis, total = run["pmis"]["handled"], run["modeled_total_ns"]
     per_pmi = (lambda n: n / pmis if pmis else None)
     return dict(zip(FIGURES, (
         he["modeled_ns"]["mean"], he["modeled_ns"]["band"][0], he["modeled_ns"]["band"][1],
         he["measured_ns"]["mean"], he["measured_ns"]["p50"], he["measured_ns"]["p99"], pmis,
         per_pmi(sum(run["perf_calls"].values())), per_pmi(run["exits"]["total"]),
-        run["guest_overhead_share"], len(run["invariants"]["violations"]))))
+        1 - run["modeled_guest_ns"] / total if total else None,
+        len(run["invariants"]["violations"]))))
 
 
 def cell(value):

@@ -42,7 +42,7 @@ def test_every_flag_the_docs_name_exists():
     for role in ("host", "kvm", "guest"):
         real |= {s for a in child.arg_parser(role)._actions for s in a.option_strings}
     real |= {s for a in sweep.build_parser()._actions for s in a.option_strings}
-    real |= {"--durations", "--nthreads"}     # pytest's in the testing docs, dask worker's in sweeps
+    real |= {"--durations", "--nthreads"}     # pytest's (testing.md), a dask worker's (sweeps.md)
     for path in DOCS:
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", read(path)))
         assert named <= real, (os.path.relpath(path, ROOT), sorted(named - real))

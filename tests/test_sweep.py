@@ -52,6 +52,7 @@ def test_a_sweep_resumes_running_only_the_points_not_finished(tmp_path):
         assert r["exit_code"] == 0 and r["complete"] and r["stop_reason"] == "pmis"
         assert r["pmis_handled"] == 5 and r["violations"] == 0
         assert r["exits_per_pmi"] > 1 and r["perf_calls_per_pmi"] > 0
+        assert 0 < r["guest_overhead_share"] < 1
         assert r["handle_event_modeled_band_low_ns"] <= r["handle_event_modeled_mean_ns"] \
             <= r["handle_event_modeled_band_high_ns"]
     # under always KVM's handler releases and re-creates the event: it costs; oncpu skips that
