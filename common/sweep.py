@@ -318,9 +318,12 @@ def summary(grid: str, points: list[dict], table: list[dict], ran: int, wall_s: 
             "-" if share is None else f"{share:.1%}", num(r["violations"], "{}"),
             r["stop_reason"], num(r["exit_code"], "{}"))) + " |")
     if failed:
-        lines += ["", "Failed or incomplete points (their run directories hold the logs; run the "
-                  "sweep again to retry them):", ""]
-        lines += [f"- `{p}`: {os.path.join('points', p)}" for p in failed]
+        again = {r["point"] for r in table if not r["complete"]}
+        lines += ["", "Points not finished with exit 0 (the launcher's exit codes: "
+                  "docs/operations.md); their run directories hold the logs:", ""]
+        lines += [f"- `{p}`: {os.path.join('points', p)}"
+                  + (" (no complete results.json: runs again when the sweep does)"
+                     if p in again else "") for p in failed]
     return "\n".join(lines) + "\n"
 
 
