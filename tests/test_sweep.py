@@ -87,3 +87,16 @@ def test_a_sweep_runs_its_points_on_a_dask_cluster(tmp_path):
     rows = table(out)
     assert sorted(r["policy"] for r in rows) == ["always", "oncpu"]
     assert all(r["exit_code"] == 0 and r["complete"] for r in rows)
+
+
+def test_a_point_that_ends_short_is_in_the_table_and_the_exit_code_and_is_not_rerun(tmp_path):
+    grid, out = tmp_path / "g.toml", str(tmp_path / "sweep")
+    grid.write_text(GRID.replace('"run.policies" = ["always", "oncpu"]', '"run.max_exits" = [5]'))
+    for attempt in ("0 finished earlier, 1 to run", "1 finished earlier, 0 to run"):
+        proc = subprocess.run([*SWEEP, str(grid), "--out", out], capture_output=True, text=True,
+                              timeout=150)
+        assert proc.returncode == 1 and attempt in proc.stdout, proc.stdout + proc.stderr
+    rows = table(out)
+    assert [(r["policy"], r["exit_code"], r["stop_reason"], r["complete"]) for r in rows] == [
+        (p, 4, "max_exits", True) for p in ("always", "oncpu", "reuse", "deferred")]
+    assert "Points not finished with exit 0" in read(os.path.join(out, "sweep.md"))
