@@ -25,7 +25,7 @@ import sys
 import time
 
 from common import config
-from common.launcher import RUNS, make_private_dirs, write_atomic
+from common.launcher import RUNS, make_private_dirs, say, write_atomic
 
 EXIT_OK, EXIT_POINT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3
 SWEEPABLE = ("run", "host", "vm", "guest", "costs")       # launch.* is how, not what
@@ -374,9 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     todo = prepare(points, out)
     where = args.scheduler or f"a local pool of {min(args.workers, len(todo))}"
-    print(f"sweep: {len(points)} points, {len(points) - len(todo)} finished earlier, "
-          f"{len(todo)} to run" + (f" on {where}" if todo else "") + f"; folder {out}",
-          flush=True)
+    say(f"sweep: {len(points)} points, {len(points) - len(todo)} finished earlier, "
+        f"{len(todo)} to run" + (f" on {where}" if todo else "") + f"; folder {out}")
     outcomes: dict[str, dict] = {}          # point id -> its launcher's exit and output
     ran: list[str] = []
 
@@ -386,8 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic(p["run_dir"] + ".json", json.dumps(outcome, indent=1))
         outcomes[p["id"]] = outcome
         ran.append(p["id"])
-        print(f"  point {p['id']} exit {proc.returncode}: "
-              + ", ".join(f"{k} = {v!r}" for k, v in p["values"].items()), flush=True)
+        say(f"  point {p['id']} exit {proc.returncode}: "
+            + ", ".join(f"{k} = {v!r}" for k, v in p["values"].items()))
 
     code = EXIT_OK
     try:
@@ -411,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_table(table, out)
     text = summary(args.grid, points, table, len(ran), time.monotonic() - t0, path)
     write_atomic(os.path.join(out, "sweep.md"), text)
-    print(f"sweep: table {path}, summary {os.path.join(out, 'sweep.md')}")
+    say(f"sweep: table {path}, summary {os.path.join(out, 'sweep.md')}")
     if code == EXIT_OK and any(r["exit_code"] != 0 or not r["complete"] for r in table):
         code = EXIT_POINT_FAILED
     return code

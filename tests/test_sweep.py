@@ -2,12 +2,15 @@
 LocalCluster; an interrupted sweep resumes without rerunning finished points."""
 import csv
 import os
+import re
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from support import SWEEP_GRID as GRID, read
+from common import sweep as sweep_module
+from support import ROOT, SWEEP_GRID as GRID, read
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 SWEEP = [sys.executable, "-m", "common.sweep"]     # as scripts/sweep runs it
@@ -100,3 +103,26 @@ def test_a_point_that_ends_short_is_in_the_table_and_the_exit_code_and_is_not_re
     assert [(r["policy"], r["exit_code"], r["stop_reason"], r["complete"]) for r in rows] == [
         (p, 4, "max_exits", True) for p in ("always", "oncpu", "reuse", "deferred")]
     assert "Points not finished with exit 0" in read(os.path.join(out, "sweep.md"))
+
+
+def test_ctrl_c_stops_a_sweep_and_the_same_command_finishes_it(tmp_path):
+    grid, out = tmp_path / "g.toml", str(tmp_path / "sweep")
+    grid.write_text(GRID)
+    argv = [*SWEEP, str(grid), "--out", out, "--workers", "1"]     # one point after the other
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert "2 to run" in proc.stdout.readline()
+        assert " exit 0:" in proc.stdout.readline()          # one point is done: Ctrl-C now
+        os.killpg(proc.pid, signal.SIGINT)                   # as a terminal does, to the group
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 3 and "to resume" in stderr, stderr
+    folder = os.path.join(out, "points")
+    done = {p for p in os.listdir(folder) if sweep_module.finished(os.path.join(folder, p))}
+    again = set(re.findall(r"point (\w+) exit 0", sweep(*argv[len(SWEEP):])))
+    assert done and not done & again and len(done | again) == 2
+    assert sorted(r["policy"] for r in table(out)) == ["always", "oncpu"]
