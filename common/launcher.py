@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--external", metavar="ROLE[,ROLE]",
                     help="do not start these processes (host, kvm, guest): print their command "
                     "lines and wait for them to connect, e.g. from other machines over tcp")
+    ap.add_argument("--plan", action="store_true", default=None,
+                    help="with --transport tcp: start no process; print the command (and keys "
+                    "folder) for each of host, kvm and guest to run on its own machine, then "
+                    "wait for them like --external host,kvm,guest")
     ap.add_argument("--insecure-tcp", action="store_true", default=None,
                     help="over tcp, do not use CurveZMQ (every process logs that it is insecure)")
     ap.add_argument("--lost-after", type=float, metavar="S",
@@ -145,7 +149,7 @@ def resolve_config(args) -> tuple[dict, dict]:
     cfg = config.merge(cfg, scenario, args.scenario)
     flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}, "launch": {}}
     for key in ("out", "force", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
-                "stuck_after", "explain_costs", "plot", "quiet"):
+               "stuck_after", "explain_costs", "plan", "plot", "quiet"):
         if getattr(args, key) is not None:
             flags["launch"][key] = getattr(args, key)
     if args.external is not None:
@@ -308,7 +312,7 @@ class Launcher:
         # here and bound later by another process could be taken in between)
         listen = {"host": f"tcp://{host_addr}:*" if tcp else f"ipc://{self.sock_dir}/host",
                   "kvm": f"tcp://{kvm_addr}:*" if tcp else f"ipc://{self.sock_dir}/kvm-vm0"}
-        external = tuple(opts["external"])
+        external = ("host", "kvm", "guest") if opts["plan"] else tuple(opts["external"])
         self.beats: dict[str, float] = {}          # name -> when its last heartbeat came
         self.progress: dict[str, tuple[int, str, float]] = {}   # name -> steps, last, since
         self.run_started = 0.0
@@ -317,12 +321,15 @@ class Launcher:
         self.children = {}                       # the processes this launcher starts and owns
         self.external = {}                       # name -> command to run by hand elsewhere
         self.roles = {"host": "host", "kvm-vm0": "kvm", "guest-vm0": "guest"}
+        self.listen = {name: listen.get(role) for name, role in self.roles.items()}
         for name, role in self.roles.items():
-            cmd = ["--run-dir", run_dir, "--control", self.control_ep, "--name", name,
-                   "--lost-after", str(opts["lost_after"])]
+            cmd = ["--run-dir", os.path.abspath(run_dir), "--control", self.control_ep,
+                   "--name", name, "--lost-after", str(opts["lost_after"])]
             if role in listen:
                 cmd += ["--listen", listen[role]]
-            if keys:
+            if keys and role in external:       # another machine gets only its own secret key
+                cmd += ["--keys", os.path.abspath(security.bundle(keys, name))]
+            elif keys:
                 cmd += ["--keys", keys]
             elif tcp:
                 cmd += ["--insecure"]
@@ -343,9 +350,8 @@ class Launcher:
             child.start()
         with open(os.path.join(self.run_dir, "pids.json"), "w") as f:
             json.dump({n: c.proc.pid for n, c in self.children.items()}, f)
-        for name, cmd in self.external.items():
-            say(f"  waiting for {name}; start it (with its own --listen address where it binds "
-                f"one) as:\n    {shlex.join(cmd)}")
+        if self.external:
+            say(self.plan())
         waiting = set(self.members)
         while waiting:
             name, msg = self.expect(MsgType.HELLO, waiting, 600 if self.external else 20)
@@ -353,6 +359,19 @@ class Launcher:
             self.endpoints[name] = msg.body.endpoints
             self.beats[name] = time.monotonic()
             self.control.send(schema.Welcome(name), name.encode())
+
+    def plan(self) -> str:
+        """For each process started by hand: where it binds, the keys folder to copy to its
+        machine (to the same path), and its exact command."""
+        lines = []
+        for name, cmd in self.external.items():
+            keys = cmd[cmd.index("--keys") + 1] if "--keys" in cmd else None
+            where = [f"binds {self.listen[name]}"] if self.listen[name] else []
+            where += [f"copy {keys} to its machine first, to the same path"] if keys else []
+            lines.append(f"  start {name}" + (f" ({'; '.join(where)})" if where else "")
+                         + f":\n    {shlex.join(cmd)}")
+        lines.append(f"  waiting up to 600 s for {', '.join(self.external)} to connect ...")
+        return "\n".join(lines)
 
     def expect(self, wanted: MsgType, senders: set[str], timeout_s: float,
                interruptible: bool = True):
@@ -649,6 +668,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     if cfg["launch"]["plot"] and plots.missing():
         print(f"launch: --plot: {plots.missing()}", file=sys.stderr)
+        return EXIT_ERROR
+    if cfg["launch"]["plan"] and cfg["run"]["transport"] != "tcp":
+        print("launch: --plan runs the processes on other machines: add --transport tcp",
+              file=sys.stderr)
         return EXIT_ERROR
     try:
         run_dir = new_run_dir(cfg["launch"]["out"], cfg["launch"]["force"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 
 import zmq
@@ -29,6 +30,18 @@ def generate(run_dir: str) -> str:
         _, secret = zmq.auth.create_certificates(keys, name)
         os.chmod(secret, 0o600)
     return keys
+
+
+def bundle(keys: str, name: str) -> str:
+    """What one process needs on a machine of its own: its secret key and every member's public
+    key, in ``RUN_DIR/keys-NAME`` (so that no machine holds another process's secret key)."""
+    folder = f"{keys}-{name}"
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    for member in MEMBERS:
+        shutil.copy(os.path.join(keys, f"{member}.key"), folder)
+    secret = shutil.copy(os.path.join(keys, f"{name}.key_secret"), folder)
+    os.chmod(secret, 0o600)
+    return folder
 
 
 class Security:

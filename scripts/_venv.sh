@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     echo "vpmu-emu needs Python 3.11 or newer ($py is $("$py" --version 2>&1))" >&2
     exit 2
   fi
-  echo "setting up $venv (pyzmq, msgpack, numpy, rich, pytest) ..." >&2
+  echo "setting up $venv (pyzmq, msgpack, numpy, rich; pytest, dask, pyarrow for the tests) ..." >&2
   "$py" -m venv "$venv"
   if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e "$root[test]" \
       >"$venv/install.log" 2>&1; then

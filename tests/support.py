@@ -31,6 +31,15 @@ from kvm.pmu import KVM_REQ_PMU, PerfCallRefused
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = [sys.executable, "-m", "common.launcher"]   # the launcher, as vpmu-launch runs it
 EN_INSTR_INT = 0x4300C0 | msr.EVTSEL_INT      # EN|OS|USR|INT, instructions retired
+# a sweep grid (docs/sweeps.md): the seed scenario on the small preset, 5 PMIs, two points
+SWEEP_GRID = f"""scenario = "{os.path.join(ROOT, 'scenarios', 'seed.toml')}"
+[run]
+pmis = 5
+[host]
+preset = "small"
+[grid]
+"run.policies" = ["always", "oncpu"]
+"""
 
 
 def launcher_module():

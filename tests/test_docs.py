@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from common import child, config
+from common import child, config, sweep
 from support import ROOT, launcher_module, read, script_module
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -36,11 +36,13 @@ def test_each_flag_sets_its_own_key_and_each_key_is_documented():
 
 
 def test_every_flag_the_docs_name_exists():
-    """A flag named in README.md or docs/ is one of the launcher's or the processes' own."""
+    """A flag named in README.md or docs/ is one of the launcher's, the processes' or the
+    sweep's own."""
     real = {s for a in launcher_module().build_parser()._actions for s in a.option_strings}
     for role in ("host", "kvm", "guest"):
         real |= {s for a in child.arg_parser(role)._actions for s in a.option_strings}
-    real |= {"--durations"}                         # pytest's, in the testing docs
+    real |= {s for a in sweep.build_parser()._actions for s in a.option_strings}
+    real |= {"--durations", "--nthreads"}     # pytest's (testing.md), a dask worker's (sweeps.md)
     for path in DOCS:
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", read(path)))
         assert named <= real, (os.path.relpath(path, ROOT), sorted(named - real))

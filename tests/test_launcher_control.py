@@ -65,7 +65,7 @@ def run(tmp_path, capsys):
         launcher.start()
         for peer in members.values():
             assert peer.expect(MsgType.WELCOME).name == peer.name
-        assert "waiting for host; start it" in capsys.readouterr().out
+        assert "waiting up to 600 s for host, kvm-vm0, guest-vm0" in capsys.readouterr().out
         yield launcher, members, ctx
     finally:
         if not launcher.ctx.closed:
