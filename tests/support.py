@@ -31,6 +31,10 @@ from kvm.pmu import KVM_REQ_PMU, PerfCallRefused
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = [sys.executable, "-m", "common.launcher"]   # the launcher, as vpmu-launch runs it
 EN_INSTR_INT = 0x4300C0 | msr.EVTSEL_INT      # EN|OS|USR|INT, instructions retired
+# The policies whose KVM counts the guest's trapped instructions (5.17+, emulated_instructions in
+# kvm/generations.py). Today's KVM counts them under none; when kvm/pmu.py's trigger_event lands
+# this becomes frozenset({"deferred"}), and the tests that read it expect the opposite there.
+COUNTS_TRAPPED = frozenset()
 
 
 def launcher_module():
