@@ -43,6 +43,17 @@ class PmuCaps:
         """The MSR that writes counter ``idx``: PMCi or PERFCTRi (x86_pmu.perfctr), FIXED_CTRj."""
         return msr.counter_msr_of(idx, self.full_width)
 
+    def reset(self, cpu) -> None:
+        """Every counter stopped and zeroed, GLOBAL_CTRL first (kvm-unit-tests lib/x86/pmu.h
+        pmu_reset_all_counters, with the counters written through ``counter_msr``)."""
+        cpu.wrmsr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0)
+        cpu.wrmsr(msr.MSR_CORE_PERF_FIXED_CTR_CTRL, 0)
+        for i in range(self.nr_gp):
+            cpu.wrmsr(msr.MSR_P6_EVNTSEL0 + i, 0)
+            cpu.wrmsr(self.counter_msr(i), 0)
+        for j in range(self.nr_fixed):
+            cpu.wrmsr(self.counter_msr(msr.FIXED_IDX_BASE + j), 0)
+
     def describe(self) -> str:
         cap = "no PDCM" if self.perf_cap is None else f"PERF_CAPABILITIES {self.perf_cap:#x}"
         return (f"v{self.version}, {self.nr_gp} GP x {self.gp_width} bits, {self.nr_fixed} fixed "

@@ -7,7 +7,7 @@ are outside them and the counts are the same on every release. The counters are 
 the full-width MSRs only where PERF_CAPABILITIES says they exist, as kvm-unit-tests does."""
 from guest.caps import pmu_init
 
-FIXED_CTR0, FIXED_CTRL, GLOBAL_CTRL, EVTSEL0 = 0x309, 0x38D, 0x38F, 0x186
+FIXED_CTRL, GLOBAL_CTRL, EVTSEL0 = 0x38D, 0x38F, 0x186
 EN, USR = 1 << 22, 1 << 16
 INSTRUCTIONS, BRANCHES = 0x00C0, 0x00C4
 FIXED0_USR = 0x2
@@ -16,10 +16,7 @@ FIXED0_USR = 0x2
 def main(cpu):
     caps = pmu_init(cpu)
     pmc0 = caps.counter_msr(0)
-    cpu.wrmsr(GLOBAL_CTRL, 0)
-    cpu.wrmsr(pmc0, 0)
-    cpu.wrmsr(pmc0 + 1, 0)
-    cpu.wrmsr(FIXED_CTR0, 0)
+    caps.reset(cpu)
     cpu.wrmsr(EVTSEL0, INSTRUCTIONS | EN | USR)
     cpu.wrmsr(EVTSEL0 + 1, BRANCHES | EN | USR)
     cpu.wrmsr(FIXED_CTRL, FIXED0_USR)                # fixed 0: USR, no PMI

@@ -18,10 +18,7 @@ WORK, ROUNDS = 100_000, 10
 
 def main(cpu):
     caps = pmu_init(cpu)
-    pmc0 = caps.counter_msr(0)
-    cpu.wrmsr(GLOBAL_CTRL, 0)
-    cpu.wrmsr(pmc0, 0)
-    cpu.wrmsr(pmc0 + 1, 0)
+    caps.reset(cpu)
     cpu.wrmsr(EVTSEL0, INSTRUCTIONS | EN | OS | USR)
     cpu.wrmsr(EVTSEL0 + 1, INSTRUCTIONS | EN | OS)
     cpu.wrmsr(GLOBAL_CTRL, 0b11)                      # 1 trapped: it counts itself
