@@ -41,13 +41,16 @@ def test_seed_scenario_runs_every_policy(seed_run):
     assert "kvm_pmu_handle_event calls" in proc.stdout
 
 
+CHECK_LINES = ("INCOMPLETE", "PASS", "FAIL", "VIOLATION", "DEVIATION")   # what follows the table
+
+
 def printed_table(text: str) -> dict[str, list[str]]:
     """The comparison table in a run's output: row name -> one cell per policy."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split() == list(config.POLICIES))
     rows = {}
     for line in lines[start + 1:]:
-        if not line.strip() or line.startswith("```"):
+        if not line.strip() or line.startswith("```") or line.split()[0] in CHECK_LINES:
             break
         name, *cells = re.split(r"\s{2,}", line.strip())
         rows[name] = cells
