@@ -32,8 +32,9 @@ class Oracle:
         self.status = 0
         self.lvtpc = msr.APIC_LVT_MASKED
         self.if_flag = True                    # the guest's interrupt flag (cli / sti)
-        # overflowed counter -> [events retired past it before its PMI, the trapped
-        # instructions it had counted since the guest last knew its value, at the overflow]
+        # overflowed counter -> [events retired past it before its PMI, how many of those were
+        # trapped instructions, the trapped instructions it had counted since the guest last knew
+        # its value, at the overflow (what a release that counts none of them is behind by)]
         self.pending: dict[int, list[int]] = {}
         self.trapped_since = dict.fromkeys(self.value, 0)
         # fixed counter -> what reading it back sign-extended (4.20) would add to the value
@@ -106,11 +107,12 @@ class Oracle:
                 if idx >= msr.FIXED_IDX_BASE else self.evtsel[idx]
             if msr.counts_trapped(idx, config, self.global_ctrl):
                 self.trapped_since[idx] += 1
-                self._add(idx, 1, self.counting(idx, msr.TRAPPED_CPL)[1])
+                self._add(idx, 1, self.counting(idx, msr.TRAPPED_CPL)[1], trapped=True)
 
-    def _add(self, idx: int, n: int, intr: bool) -> None:
+    def _add(self, idx: int, n: int, intr: bool, trapped: bool = False) -> None:
         if intr and idx in self.pending and not self.held():
             self.pending[idx][0] += n                  # events retire past a due PMI
+            self.pending[idx][1] += n if trapped else 0
         old = self.value[idx]
         new = (old + n) & msr.COUNTER_MASK
         self.value[idx] = new
@@ -120,7 +122,12 @@ class Oracle:
                 if idx in self.pending:
                     self.violate("missing_pmi", idx, "a second overflow with no PMI between")
                 # the overflowing event is the last of this stretch only if new == 0
-                self.pending[idx] = [new, self.trapped_since[idx]]
+                self.pending[idx] = [new, 0, self.trapped_since[idx]]
+
+    def shifted(self, idx: int) -> bool:
+        """The counter's last overflow came only from trapped instructions a release that counts
+        none of them has not counted: on such a release it has not wrapped yet."""
+        return idx in self.pending and self.value[idx] < self.trapped_since[idx]
 
     def held(self) -> bool:
         """A fixed-vector PMI waits for the interrupt flag; an NMI does not."""
@@ -152,6 +159,9 @@ class Oracle:
             elif deficit == trapped:
                 self.violate(msr.UNCOUNTED_TRAPPED, idx, f"count_mismatch: {detail}: short by "
                              f"the {trapped} trapped instructions it counted", deficit=deficit)
+                if want < trapped:                     # the wrap was the shift's: not yet
+                    self.pending.pop(idx, None)
+                    self.status &= ~(1 << idx)
             else:
                 self.violate("count_mismatch", idx, detail + (
                     f" ({trapped} of them trapped instructions)" if trapped else ""),
@@ -167,7 +177,12 @@ class Oracle:
     def check_status(self, seen: int) -> None:
         self.checked += 1
         counters = sum(1 << i for i in self.value)
-        if seen & counters != self.status:
+        early = sum(1 << i for i in self.value if self.shifted(i))
+        if seen & counters != self.status and seen & counters == self.status & ~early:
+            self.violate(msr.UNCOUNTED_TRAPPED, None, f"status_mismatch: GLOBAL_STATUS "
+                         f"{seen:#x}, {self.status:#x} with the overflows the uncounted trapped "
+                         f"instructions bring early ({early:#x})")
+        elif seen & counters != self.status:
             self.violate("status_mismatch", None,
                          f"GLOBAL_STATUS {seen:#x}, overflows not yet acknowledged {self.status:#x}")
 
@@ -175,19 +190,20 @@ class Oracle:
         self.checked += 1
         if not self.pending:
             self.violate("spurious_pmi", None, "PMI with no overflow of an interrupting counter")
-        for idx, (late, shift) in self.pending.items():
-            if late and late == shift:
+        for idx, (late, late_trapped, shift) in self.pending.items():
+            if late and late - late_trapped == shift:
                 self.violate(msr.UNCOUNTED_TRAPPED, idx, f"late_pmi: {late} events after the "
-                             f"overflow, as the {shift} uncounted trapped instructions shift it")
+                             f"overflow, as the {shift} uncounted trapped instructions shift it"
+                             + (f" ({late_trapped} more trapped between)" if late_trapped else ""))
             elif late:
                 self.violate("late_pmi", idx, f"{late} events retired between the overflow and "
                              "its PMI")
         self.pending.clear()
 
     def finish(self) -> None:
-        for idx, (late, shift) in self.pending.items():
+        for idx, (late, late_trapped, shift) in self.pending.items():
             self.checked += 1
-            if late < shift:
+            if late - late_trapped < shift:
                 self.violate(msr.UNCOUNTED_TRAPPED, idx, f"missing_pmi: the overflow is due "
                              f"{shift - late} events after the run's end, as the {shift} "
                              "uncounted trapped instructions shift it")

@@ -105,3 +105,32 @@ def test_classify_puts_known_limits_in_deviations_by_kind():
     grouped = results.by_kind_with_examples(deviations)
     assert grouped[msr.UNCOUNTED_TRAPPED]["count"] == 7
     assert len(grouped[msr.UNCOUNTED_TRAPPED]["examples"]) == results.SHOW_PER_KIND
+
+
+def test_trapped_instructions_between_the_overflow_and_the_pmi_do_not_hide_the_shift():
+    o = programmed(INSTR | EN_OS_USR | msr.EVTSEL_INT)
+    o.lvtpc = msr.APIC_DM_NMI
+    o.wrmsr(msr.MSR_IA32_PMC0, (-100) & msr.COUNTER_MASK)
+    o.trapped()
+    o.retire({"instructions": 99})                   # the architecture's overflow
+    o.trapped()                                      # uncounted too: does not bring it closer
+    o.retire({"instructions": 1})                    # the release's overflow
+    o.on_pmi()
+    assert [v.kind for v in o.violations] == [msr.UNCOUNTED_TRAPPED]
+
+
+def test_a_read_before_the_shifted_overflow_undoes_the_early_wrap():
+    o = programmed(INSTR | EN_OS_USR | msr.EVTSEL_INT)
+    o.lvtpc = msr.APIC_DM_NMI
+    o.wrmsr(msr.MSR_IA32_PMC0, (-100) & msr.COUNTER_MASK)
+    o.trapped()
+    o.trapped()
+    o.retire({"instructions": 99})                   # wrapped here, 1 before the release
+    o.check_status(0)                                # the release: not yet
+    o.check_counter(0, msr.COUNTER_MASK)             # -1: one event to go
+    assert [v.kind for v in o.violations] == [msr.UNCOUNTED_TRAPPED] * 2
+    assert o.status == 0 and o.pending == {}
+    o.retire({"instructions": 1})                    # now it wraps, with its PMI
+    o.on_pmi()
+    o.check_status(1)
+    assert [v.kind for v in o.violations] == [msr.UNCOUNTED_TRAPPED] * 2
