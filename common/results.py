@@ -143,17 +143,20 @@ def classify(guests: list[schema.GuestReport], unavailable: dict) -> tuple[list[
 
     The oracle knows only what the guest did. When a counter's shortfall adds up exactly to the
     events the host saw retire while that counter's event could not get a hardware counter (the
-    error state), the shortfall and the PMIs it cost are the hardware's doing, not a fault of the
-    emulated path; anything else stays as the oracle reported it."""
+    error state) — with or without the trapped instructions the oracle counted in it, which a
+    release before 5.17 does not count — the shortfall and the PMIs it cost are the hardware's
+    doing, not a fault of the emulated path; anything else stays as the oracle reported it."""
     out = []
     for g in guests:
         for v in g.vcpus:
             lost = unavailable.get(f"{g.vm}/vcpu{v.vcpu}", {})
-            deficits = collections.Counter()
+            deficits, trapped = collections.Counter(), collections.Counter()
             for x in v.violations:
                 if x.kind == "count_mismatch":
                     deficits[x.counter] += x.deficit
-            explained = {c for c, d in deficits.items() if d and d == lost.get(str(c))}
+                    trapped[x.counter] += x.trapped or 0
+            explained = {c for c, d in deficits.items()
+                         if d and lost.get(str(c)) in (d, d - trapped[c])}
             explained |= {int(c) for c, n in lost.items() if n and int(c) not in deficits}
             for x in v.violations:
                 if x.counter in explained and x.kind in ("count_mismatch", "missing_pmi",

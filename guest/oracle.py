@@ -136,8 +136,9 @@ class Oracle:
     # --- checks -------------------------------------------------------------------------------
 
     def violate(self, kind: str, counter: int | None, detail: str,
-                deficit: int | None = None) -> None:
-        self.violations.append(schema.Violation(kind, self.vcpu, counter, detail, deficit))
+                deficit: int | None = None, trapped: int | None = None) -> None:
+        self.violations.append(schema.Violation(kind, self.vcpu, counter, detail, deficit,
+                                                trapped))
 
     def check_counter(self, idx: int, seen: int) -> None:
         """A value the guest read must be what it retired while the counter was enabled. After a
@@ -165,7 +166,7 @@ class Oracle:
             else:
                 self.violate("count_mismatch", idx, detail + (
                     f" ({trapped} of them trapped instructions)" if trapped else ""),
-                    deficit=deficit)
+                    deficit=deficit, trapped=trapped)
             self.value[idx] = seen
 
     def read_global_ctrl(self, seen: int) -> None:
