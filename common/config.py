@@ -22,7 +22,7 @@ from common.topology import PRESETS
 DEFAULTS: dict = {
     "run": {"policies": ["always", "oncpu", "reuse", "deferred"], "pmis": 200, "seed": 1, "transport": "ipc",
             "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
-            "guest_program": ""},
+            "guest_program": "", "strict": False},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],
              "event_binding": "task", "kernel": kernels.DEFAULT, "x2apic": "cluster"},
     "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
@@ -179,6 +179,7 @@ def validate(cfg: dict, where: str) -> dict:
     for key in ("lost_after", "stuck_after"):
         _check(type(launch[key]) in (int, float) and launch[key] > 0, where, f"launch.{key}",
                "must be a number of seconds > 0")
+    _check(type(run["strict"]) is bool, where, "run.strict", "must be true or false")
     prog = run["guest_program"]
     _check(isinstance(prog, str) and (not prog or os.path.isfile(prog)), where,
            "run.guest_program", f"no such file {prog!r}")

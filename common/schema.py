@@ -506,6 +506,8 @@ class Violation:
     counter: int | None
     detail: str
     deficit: int | None = None     # count_mismatch: events the counter is short of
+    trapped: int | None = None     # count_mismatch: trapped instructions among them (the
+    #                                oracle counted them; a release before 5.17 does not)
 
 
 @dataclasses.dataclass

@@ -86,6 +86,7 @@ class GuestCpu:
             elif msg.type == MsgType.ERROR:
                 raise RuntimeError(f"KVM refused the exit: {msg.body.kind}: {msg.body.detail}")
         entry = msg.body
+        self._complete(reason, index, value, entry)
         self.stop_reason = self.stop_reason or entry.stop or self._own_stop()
         if self.stop_reason and self.raise_on_stop and reason != "done":
             raise RunStopped(self.stop_reason)
@@ -117,6 +118,28 @@ class GuestCpu:
             if self.nmi_window:                 # IRET opens the NMI window KVM waits for
                 self._exit("nmi_window")
 
+    def _complete(self, reason: str, index: int, value: int, entry: schema.Entry) -> None:
+        """A trapped instruction that did not #GP takes effect and retires (in the oracle) before
+        anything KVM injects at this entry is taken: a PMI comes at the instruction boundary."""
+        if reason not in msr.TRAPPED_INSTRUCTIONS or entry.gp:
+            return
+        o = self.oracle
+        if reason == "wrmsr":
+            o.wrmsr(index, value)
+        elif reason == "rdmsr":
+            if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
+                o.check_status(entry.value)
+            elif index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
+                o.read_global_ctrl(entry.value)
+            named = msr.counter_msr(index)
+            if named is not None and named[0] in o.value:
+                o.check_counter(named[0], entry.value)
+        elif reason == "rdpmc":
+            idx = msr.rdpmc_counter(index)
+            if idx in o.value:
+                o.check_counter(idx, entry.value)
+        o.trapped()
+
     def exits_total(self) -> int:
         return sum(self.exits.values())
 
@@ -131,10 +154,7 @@ class GuestCpu:
     # --- instructions ---------------------------------------------------------------------------
 
     def wrmsr_safe(self, index: int, value: int) -> bool:
-        faulted = self._exit("wrmsr", index, value).gp
-        if not faulted:
-            self.oracle.wrmsr(index, value)
-        return faulted
+        return self._exit("wrmsr", index, value).gp
 
     def wrmsr(self, index: int, value: int) -> None:
         if self.wrmsr_safe(index, value):
@@ -142,8 +162,6 @@ class GuestCpu:
 
     def rdmsr_safe(self, index: int) -> tuple[bool, int]:
         entry = self._exit("rdmsr", index)
-        if not entry.gp:
-            self._check_read(index, entry.value)
         return entry.gp, entry.value
 
     def rdmsr(self, index: int) -> int:
@@ -152,20 +170,8 @@ class GuestCpu:
             raise GeneralProtection(f"RDMSR {index:#x}")
         return value
 
-    def _check_read(self, index: int, value: int) -> None:
-        o = self.oracle
-        if index == msr.MSR_CORE_PERF_GLOBAL_STATUS:
-            o.check_status(value)
-        named = msr.counter_msr(index)
-        if named is not None and named[0] in o.value:
-            o.check_counter(named[0], value)
-
     def rdpmc_safe(self, ecx: int) -> tuple[bool, int]:
         entry = self._exit("rdpmc", ecx)
-        if not entry.gp:
-            idx = msr.rdpmc_counter(ecx)
-            if idx in self.oracle.value:
-                self.oracle.check_counter(idx, entry.value)
         return entry.gp, entry.value
 
     def rdpmc(self, ecx: int) -> int:

@@ -14,6 +14,7 @@ import logging
 
 from common import msr, schema
 from common.child import PROGRESS
+from guest.caps import PmuCaps, pmu_init
 from guest.cpu import GuestCpu
 
 log = logging.getLogger("guest")
@@ -54,9 +55,10 @@ class GuestEvent:
     def sampling(self) -> bool:
         return bool(self.period or self.freq)
 
-    def __post_init__(self):
-        # counting events still overflow, at the longest period; frequency mode starts at 1
-        self.sample_period = self.period or (1 if self.freq else msr.MAX_PERIOD)
+    def init_period(self, max_period: int) -> None:
+        """x86_setup_perfctr: a counting event still overflows, at x86_pmu.max_period;
+        frequency mode starts at 1."""
+        self.sample_period = self.period or (1 if self.freq else max_period)
         self.period_left = self.last_period = self.sample_period
 
 
@@ -79,6 +81,7 @@ class PerfDriver:
         self.switch_ticks = switch_ms * HZ // 1000   # another task every so often, 0: never
         self.task_in = True                          # the perf task is running
         self.switches = 0
+        self.caps: PmuCaps | None = None
         self.nr_gp = self.nr_fixed = 0
         self.intel_ctrl = 0
         self.fixed_ctrl = 0
@@ -90,9 +93,14 @@ class PerfDriver:
     # --- set-up and counter assignment ------------------------------------------------------------
 
     def start(self) -> None:
+        """intel_pmu_init (CPUID, PERF_CAPABILITIES only with PDCM: full-width writes or the
+        legacy MSRs and 2^31 - 1), then the events."""
         cpu = self.cpu
-        eax, _, _, edx = cpu.cpuid(0xA)
-        self.nr_gp, self.nr_fixed = (eax >> 8) & 0xFF, edx & 0x1F
+        caps = self.caps = pmu_init(cpu)
+        log.info("PMU: %s", caps.describe())
+        self.nr_gp, self.nr_fixed = caps.nr_gp, caps.nr_fixed
+        for ev in self.events:
+            ev.init_period(caps.max_period)
         self.intel_ctrl = ((1 << self.nr_gp) - 1) | (
             ((1 << self.nr_fixed) - 1) << msr.FIXED_IDX_BASE)
         cpu.on_pmi(self.handle_irq)
@@ -155,22 +163,26 @@ class PerfDriver:
     def update(self, ev: GuestEvent) -> None:
         """x86_perf_event_update: fold the counter's progress since the last write."""
         new = self.cpu.rdpmc(msr.rdpmc_ecx(ev.idx))
-        delta = (new - ev.prev_raw) & msr.COUNTER_MASK
+        delta = (new - ev.prev_raw) & self.caps.cntval_mask
         ev.prev_raw = new
         ev.count += delta
         ev.period_left -= delta
 
-    def set_period(self, ev: GuestEvent) -> None:
-        """x86_perf_event_set_period: write -left so the counter overflows after ``left``."""
+    def set_period(self, ev: GuestEvent) -> bool:
+        """x86_perf_event_set_period: write -left so the counter overflows after ``left`` (at
+        most max_period: a longer period takes several overflows); True when a new period
+        began, i.e. the overflow ends a sample period (its return value)."""
         period, left = ev.sample_period, ev.period_left
+        new_period = left <= 0
         if left <= -period:
             left, ev.last_period = period, period
         elif left <= 0:
             left, ev.last_period = left + period, period
-        left = max(2, min(left, msr.MAX_PERIOD))
-        ev.period_left = left
-        ev.prev_raw = (-left) & msr.COUNTER_MASK
-        self.cpu.wrmsr(msr.counter_msr_of(ev.idx), ev.prev_raw)
+        ev.period_left = left                     # unclamped: the rest counts on after a wrap
+        left = max(2, min(left, self.caps.max_period))
+        ev.prev_raw = (-left) & self.caps.cntval_mask
+        self.cpu.wrmsr(self.caps.counter_msr(ev.idx), ev.prev_raw)
+        return new_period
 
     def read(self) -> None:
         """Read every scheduled counter (perf stat's read, and what closing an event does)."""
@@ -213,8 +225,7 @@ class PerfDriver:
                 if ev.idx is not None and status & (1 << ev.idx):
                     elapsed = ev.last_period          # the events this period counted
                     self.update(ev)
-                    self.set_period(ev)
-                    if ev.sampling:
+                    if self.set_period(ev) and ev.sampling:   # intel_pmu_save_and_restart
                         self.overflow(ev, elapsed)
             status = cpu.rdmsr(msr.MSR_CORE_PERF_GLOBAL_STATUS)
         self.enable_all()

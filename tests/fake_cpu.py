@@ -8,7 +8,8 @@ from guest.oracle import Oracle
 
 
 class FakeCpu:
-    def __init__(self, ghz=2.5, nr_gp=4, nr_fixed=3):
+    def __init__(self, ghz=2.5, nr_gp=4, nr_fixed=3, perf_cap=None):
+        self.perf_cap = perf_cap                         # None: no PDCM in CPUID.1
         self.workload = type("W", (), {"ghz": ghz})()
         self.nr_gp, self.nr_fixed = nr_gp, nr_fixed
         self.hw = Oracle(nr_gp, nr_fixed)
@@ -21,6 +22,8 @@ class FakeCpu:
         self.pmis = 0
 
     def cpuid(self, leaf, sub=0):
+        if leaf == 0x1:
+            return (0, 0, 0 if self.perf_cap is None else msr.CPUID_1_ECX_PDCM, 0)
         return (2 | self.nr_gp << 8 | 48 << 16, 0, 0, self.nr_fixed | 48 << 5)
 
     def on_pmi(self, fn):
@@ -31,10 +34,17 @@ class FakeCpu:
         self.next_tick = self.cycles + self.tick_cycles
 
     def wrmsr(self, index, value):
+        named = msr.counter_msr(index)
+        if named and named[1] == "full":
+            assert self.perf_cap is not None and self.perf_cap & msr.PERF_CAP_FW_WRITE, \
+                "no full-width MSRs on this CPU"
         if index != msr.MSR_X2APIC_LVTPC:
             self.hw.wrmsr(index, value)
 
     def rdmsr(self, index):
+        if index == msr.MSR_IA32_PERF_CAPABILITIES:
+            assert self.perf_cap is not None, "PERF_CAPABILITIES read without PDCM"
+            return self.perf_cap
         assert index == msr.MSR_CORE_PERF_GLOBAL_STATUS
         return self.hw.status
 

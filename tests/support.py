@@ -41,6 +41,11 @@ preset = "small"
 "run.policies" = ["always", "oncpu"]
 """
 
+# The policies whose KVM counts the guest's trapped instructions (5.17+, emulated_instructions in
+# kvm/generations.py). Today's KVM counts them under none; when kvm/pmu.py's trigger_event lands
+# this becomes frozenset({"deferred"}), and the tests that read it expect the opposite there.
+COUNTS_TRAPPED = frozenset()
+
 
 def launcher_module():
     """The launcher as a module (its ``build_parser``, ``resolve_config``, ``Launcher``): the one

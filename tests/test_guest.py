@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from common import faults
-from support import ROOT, launch, read
+from common import faults, msr
+from support import COUNTS_TRAPPED, ROOT, launch, read
 
 pytestmark = pytest.mark.timeout(300)
 PROGRAMS = os.path.join(ROOT, "guest", "programs")
@@ -28,6 +28,43 @@ def test_programs_pass_under_every_policy(tmp_path, name):
         assert all(c["passed"] for c in prog["checks"]), prog["checks"]
         assert run["invariants"]["violations"] == []
     assert "PASS [always] vcpu 0" in proc.stdout
+
+
+@pytest.mark.system
+def test_trapped_instructions_count_only_on_the_releases_that_count_them(tmp_path):
+    """trapped_count.py passes where KVM counts the instructions it skips (5.17+); elsewhere its
+    checks fail and the oracle names the shortfall as the release's known limit, with no
+    violation of its own."""
+    proc, runs = program_runs(tmp_path, "trapped_count.py")
+    assert proc.returncode == (0 if COUNTS_TRAPPED == set(runs) else 1), proc.stdout
+    for policy, run in runs.items():
+        checks = run["guest_program"]["checks"]
+        deviations = run["invariants"]["deviations"]
+        assert run["invariants"]["violations"] == [], policy
+        if policy in COUNTS_TRAPPED:
+            assert all(c["passed"] for c in checks) and deviations == {}, policy
+        else:
+            assert len(checks) == 2 and not any(c["passed"] for c in checks), policy
+            short = deviations[msr.UNCOUNTED_TRAPPED]
+            assert short["count"] == 2, policy               # GP 0 and GP 1, one read each
+            assert sorted(x["deficit"] for x in short["examples"]) == [21, 22], policy
+            assert f"DEVIATION [{policy}] {msr.UNCOUNTED_TRAPPED}: 2" in proc.stdout
+
+
+@pytest.mark.system
+def test_strict_fails_a_run_on_a_deviation(tmp_path):
+    """The seed's counter counts OS: its handler's trapped WRMSRs are a deviation on a release
+    that does not count them; --strict makes that exit 1, without it the run passes."""
+    policy = next(p for p in ("always", "oncpu", "reuse", "deferred") if p not in COUNTS_TRAPPED)
+    args = ("--policy", policy, "--pmis", "5", "--host-preset", "small")
+    plain, results, _ = launch(tmp_path / "plain", *args)
+    strict, strict_results, _ = launch(tmp_path / "strict", *args, "--strict")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert strict_results["scenario"]["run"]["strict"] is True
+    for r in (results, strict_results):
+        assert r["runs"][0]["invariants"]["violations"] == []
+        assert msr.UNCOUNTED_TRAPPED in r["runs"][0]["invariants"]["deviations"]
 
 
 @pytest.mark.system
@@ -131,11 +168,13 @@ def test_the_checker_catches_each_kind_of_broken_path(tmp_path, monkeypatch, fau
 def test_sessions_freq_stat_multiplexing_and_guest_watchdog(tmp_path):
     proc, results, _ = launch(tmp_path, "--scenario", os.path.join(ROOT, "scenarios",
                                                                    "multi.toml"),
-                              "--policy", "oncpu,deferred", "--pmis", "40",
+                              "--policy", "all", "--pmis", "40",
                               "--max-modeled-ms", "600000")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for run in results["runs"]:
         assert run["vcpus"] == 2 and run["invariants"]["violations"] == []
+        assert (msr.UNCOUNTED_TRAPPED in run["invariants"]["deviations"]) == \
+            (run["policy"] not in COUNTS_TRAPPED), run["policy"]
         assert run["guest_ticks"] > 0 and run["guest_rotations"] > 0
         for vcpu in run["guest_events"]:
             events = {e["name"]: e for e in vcpu["events"]}
@@ -144,8 +183,12 @@ def test_sessions_freq_stat_multiplexing_and_guest_watchdog(tmp_path):
             assert events["record:cycles"]["samples"] > 0
             assert 0 < events["stat:llc_refs"]["running_ns"] < events["stat:llc_refs"][
                 "enabled_ns"]
-    a, b = results["runs"]
-    assert a["guest_events"] == b["guest_events"]        # same guest view under both
+    # the same guest view under the releases that count the same instructions (counting the
+    # trapped ones adds to the guest's instruction events)
+    for counts in (True, False):
+        views = [r["guest_events"] for r in results["runs"]
+                 if (r["policy"] in COUNTS_TRAPPED) == counts]
+        assert all(v == views[0] for v in views)
 
 
 @pytest.mark.unit

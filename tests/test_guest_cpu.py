@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from common import schema
+from common import msr, schema
+from common.schema import MsgType
 from common.cmask import Filter
 from guest.cpu import FLUSH_AFTER, RunStopped
 from guest.workload import PROFILES, Workload
@@ -97,3 +98,35 @@ def test_retire_refuses_what_is_not_a_count(bad):
     cpu = make_cpu(InstantKvm())
     with pytest.raises(ValueError, match=next(iter(bad))):
         cpu.retire(**bad)
+
+
+class PmiAtEntryKvm(InstantKvm):
+    """Injects an NMI with the entry that follows a WRMSR of GLOBAL_CTRL."""
+
+    def __init__(self):
+        super().__init__({"cycles": 10**9})
+        self.inject = False
+
+    def send(self, body, peer=b"", droppable=False):
+        super().send(body)
+        self.inject = body.reason == "wrmsr" and body.index == msr.MSR_CORE_PERF_GLOBAL_CTRL
+
+    def recv(self, timeout_s=None, stop=None):
+        if self.inject:
+            self.inject = False
+            return b"", schema.Message(MsgType.INJECT, 0, schema.Inject("nmi", 2))
+        return super().recv(timeout_s, stop)
+
+
+def test_a_trapped_instruction_takes_effect_and_retires_before_the_pmi_of_its_entry():
+    """The PMI comes at the instruction boundary after the WRMSR: the oracle has its effect and
+    has counted it (the counter is enabled after it, OS set) when the handler runs."""
+    cpu = make_cpu(PmiAtEntryKvm())
+    seen = []
+    cpu.on_pmi(lambda c: seen.append((c.oracle.global_ctrl, c.oracle.value[0])))
+    cpu.wrmsr(msr.MSR_P6_EVNTSEL0, 0x00C0 | msr.EVTSEL_EN | msr.EVTSEL_OS)
+    cpu.wrmsr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 1)
+    assert seen == [(1, 2)]               # the EVTSEL write counted too (GLOBAL_CTRL at reset)
+    cpu.cpuid(0)
+    cpu.wrmsr_safe(0x12345, 0)            # InstantKvm enters without #GP: it retires too
+    assert cpu.oracle.value[0] == 4 and cpu.oracle.trapped_total == 5

@@ -1,6 +1,7 @@
 """The guest perf driver alone, against a bare-metal PMU (tests/fake_cpu.py)."""
 import pytest
 
+from common import msr
 from fake_cpu import FakeCpu
 from guest.driver import MAX_SAMPLES_PER_TICK, GuestEvent, PerfDriver, events_from_sessions
 
@@ -88,3 +89,33 @@ def test_context_switches_stop_and_restart_a_task_s_events():
     assert driver.switches == 20
     assert rec.count == pytest.approx(2_500_000 * 20, rel=0.05)
     assert rec.running_ns == rec.enabled_ns == pytest.approx(20_000_000, rel=0.05)
+
+
+@pytest.mark.parametrize("perf_cap, full", [(None, False), (0, False),
+                                            (msr.PERF_CAP_FW_WRITE, True)])
+def test_the_driver_picks_its_counter_msrs_and_max_period_as_intel_pmu_init(perf_cap, full):
+    """PERF_CAPABILITIES is read only with PDCM; PMCx and cntval_mask >> 1 only with FW_WRITE,
+    else PERFCTRx and 2^31 - 1 (FakeCpu refuses a PMCx write or a read it would #GP)."""
+    cpu = FakeCpu(perf_cap=perf_cap)
+    stat = GuestEvent("stat:branches", "branches")
+    driver = PerfDriver(cpu, [stat])
+    driver.start()
+    assert driver.caps.full_width is full
+    assert driver.caps.counter_msr(0) == (msr.MSR_IA32_PMC0 if full else msr.MSR_IA32_PERFCTR0)
+    assert stat.sample_period == (msr.MAX_PERIOD if full else (1 << 31) - 1)
+    cpu.retire(3_000_000_000, {"branches": 1})       # more than 2^31: a legacy counter wraps
+    driver.read()
+    assert stat.count == 3_000_000_000 and stat.samples == 0
+
+
+def test_a_period_above_the_legacy_maximum_takes_several_overflows_per_sample():
+    """The guest watchdog's 25e9 cycles without full-width writes: the counter is armed with
+    2^31 - 1 at most, and only the overflow that ends the period is a sample
+    (x86_perf_event_set_period's return value)."""
+    cpu = FakeCpu(ghz=2.5)
+    wd = events_from_sessions([], 2.5, watchdog=True)[0]
+    driver = PerfDriver(cpu, [wd])
+    driver.start()
+    cpu.retire(25_000_000_000 + 1)
+    assert wd.samples == 1
+    assert driver.handled == -(-25_000_000_000 // ((1 << 31) - 1))       # 12 overflows

@@ -243,14 +243,21 @@ def test_the_banner_describes_what_runs():
 
 @pytest.mark.unit
 def test_check_lines_name_only_what_applies():
+    short = {"kind": "uncounted_trapped_instructions", "vcpu": 0, "counter": 32,
+             "detail": "count_mismatch: short by 2"}
     run = {"policy": "oncpu", "invariants": {"violations": [
-               {"kind": "missing_pmi", "vcpu": 1, "counter": 0, "detail": "late"}]},
+               {"kind": "missing_pmi", "vcpu": 1, "counter": 0, "detail": "late"}],
+               "deviations": {short["kind"]: {"count": 7, "examples": [short]}}},
            "guest_program": {"checks": [{"vcpu": 0, "name": "exact", "passed": True,
                                          "detail": ""}], "error": "vcpu 0: ValueError: boom"}}
     assert results.check_lines(run) == [
         "PASS [oncpu] vcpu 0 exact",
         "VIOLATION [oncpu] missing_pmi vcpu 1 counter 0: late",
-        "VIOLATION [oncpu] program_error: vcpu 0: ValueError: boom"]
+        "VIOLATION [oncpu] program_error: vcpu 0: ValueError: boom",
+        "DEVIATION [oncpu] uncounted_trapped_instructions: 7 (a known limit of the release; "
+        "fails only with --strict), e.g. vcpu 0 counter 32: count_mismatch: short by 2"]
+    assert len(results.failed_checks(run)) == 2
+    assert results.failed_checks(run, strict=True) == [*results.failed_checks(run), short]
 
 
 @pytest.mark.system

@@ -30,8 +30,13 @@ def violation(kind, detail, vcpu=0, counter=1):
     return {"kind": kind, "detail": detail, "vcpu": vcpu, "counter": counter}
 
 
-def a_run(policy, violations=(), incomplete=None):
-    return {"policy": policy, "invariants": {"checked": 10, "violations": list(violations)},
+def a_run(policy, violations=(), incomplete=None, deviations=()):
+    grouped = {}
+    for d in deviations:
+        grouped.setdefault(d["kind"], {"count": 0, "examples": []})["count"] += 1
+        grouped[d["kind"]]["examples"].append(d)
+    return {"policy": policy, "invariants": {"checked": 10, "violations": list(violations),
+                                             "deviations": grouped},
             "incomplete": incomplete, "oncpu_disagreements": 0}
 
 
@@ -39,8 +44,8 @@ def a_run(policy, violations=(), incomplete=None):
 def test_findings_name_each_kind_once_with_its_count_and_first_example():
     outcome = {"runs": [
         a_run("always", [violation("missing_pmi", "first one"),
-                         violation("missing_pmi", "second one"),
-                         violation("counter_unavailable", "held by the host", counter=2)]),
+                         violation("missing_pmi", "second one")],
+              deviations=[violation("counter_unavailable", "held by the host", counter=2)]),
         a_run("reuse", incomplete="INCOMPLETE [reuse] stopped before its target")]}
     text = report.findings(outcome)
     assert "violation [always] <b>missing_pmi</b> × 2; first: vcpu 0 counter 1: first one" in text

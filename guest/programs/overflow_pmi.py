@@ -1,12 +1,20 @@
 """Overflow with a PMI: the PMI lands right after the overflowing event (no skid), GLOBAL_STATUS
-names the counter, and only GLOBAL_OVF_CTRL clears it."""
-EVTSEL0, PMC0, GLOBAL_CTRL, STATUS, OVF_CTRL, LVTPC = 0x186, 0x4C1, 0x38F, 0x38E, 0x390, 0x834
-EN, OS, USR, INT = 1 << 22, 1 << 17, 1 << 16, 1 << 20
-INSTRUCTIONS, DM_NMI, MASK48 = 0x00C0, 0x400, (1 << 48) - 1
+names the counter, and only GLOBAL_OVF_CTRL clears it.
+
+The counters count at user level only (USR), so the program's own trapped instructions (CPL 0) are
+outside them on every release; counter writes go through the full-width MSR only where
+PERF_CAPABILITIES says it exists (guest/caps.py), else through PERFCTR0 (exact for -PERIOD)."""
+from guest.caps import pmu_init
+
+EVTSEL0, GLOBAL_CTRL, STATUS, OVF_CTRL, LVTPC = 0x186, 0x38F, 0x38E, 0x390, 0x834
+EN, USR, INT = 1 << 22, 1 << 16, 1 << 20
+INSTRUCTIONS, DM_NMI = 0x00C0, 0x400
 PERIOD = 100_000
 
 
 def main(cpu):
+    caps = pmu_init(cpu)
+    pmc0 = caps.counter_msr(0)
     seen = []
 
     def handler(c):
@@ -16,8 +24,8 @@ def main(cpu):
     cpu.on_pmi(handler)
     cpu.wrmsr(LVTPC, DM_NMI)
     cpu.wrmsr(GLOBAL_CTRL, 0)
-    cpu.wrmsr(PMC0, (-PERIOD) & MASK48)
-    cpu.wrmsr(EVTSEL0, INSTRUCTIONS | EN | OS | USR | INT)
+    cpu.wrmsr(pmc0, (-PERIOD) & caps.cntval_mask)
+    cpu.wrmsr(EVTSEL0, INSTRUCTIONS | EN | USR | INT)
     cpu.wrmsr(GLOBAL_CTRL, 1)
     cpu.retire(instructions=PERIOD - 1)
     cpu.check(cpu.pmis == 0, "no PMI before the overflowing event")
