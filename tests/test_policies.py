@@ -107,16 +107,6 @@ def test_deferred_only_marks_on_msr_writes(make_pmu):
     assert perf.calls == ["create"] and pmu.reprogram_pmi == 0
 
 
-@pytest.mark.parametrize("policy, masked", [("always", False), ("reuse", False),
-                                            ("deferred", True)])
-@pytest.mark.unit
-def test_lvtpc_mask_on_delivery(make_pmu, policy, masked):
-    pmu, _, _ = make_pmu(policy)
-    pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
-    assert pmu.deliver_pmi() == ("nmi", 2)
-    assert bool(pmu.lvtpc & msr.APIC_LVT_MASKED) == masked
-
-
 @pytest.mark.unit
 def test_policy_from_a_file():
     policy = policies.load(os.path.join(ROOT, "tests", "policy_counting_skip.py"))
