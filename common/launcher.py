@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(between an overflow and the next entry), to-busy:K (at an overflow, to "
                     "a pCPU whose counters are all held, for K time slices)")
     ap.add_argument("--event-binding", choices=("task", "cpu"),
-                    help="task: events follow the vCPU thread (KVM); cpu: bound to the pCPU "
-                    "where they were created (the RFC text's model)")
+                    help="task: events follow the vCPU thread (what every KVM release does); "
+                    "cpu: bound to the pCPU where they were created (the RFC text's model), a "
+                    "what-if that matches no kernel")
     ap.add_argument("--pin", help="pCPUs of the vCPUs, comma-separated, or compact / spread")
     ap.add_argument("--real-affinity", choices=("on", "off"),
                     help="pin each vCPU thread to a core of this machine too")

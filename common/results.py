@@ -29,6 +29,12 @@ def add_counts(dicts) -> dict:
     return dict(total)
 
 
+def binding(mode: str) -> str:
+    """How KVM's events are bound; ``cpu`` is a what-if that no kernel does (every release
+    creates them with perf_event_create_kernel_counter(attr, -1, current, ...))."""
+    return mode if mode == "task" else f"{mode} (what-if: matches no kernel; KVM binds to the task)"
+
+
 def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
               kvms: list[schema.KvmReport], guests: list[schema.GuestReport], wall_s: float,
               reason: str) -> dict:
@@ -51,8 +57,11 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
     nmi = [v.nmi_handler for v in kv]
     return {
         "policy": kv[0].policy if kv else policy,
+        "generation": kv[0].generation if kv else "",
+        "release": kv[0].release if kv else "",
         "host": {"preset": topo.name, "cpus": topo.ncpus, "watchdog": cfg["host"]["watchdog"],
-                 "kernel": cfg["host"]["kernel"], "x2apic": cfg["host"]["x2apic"]},
+                 "kernel": cfg["host"]["kernel"], "x2apic": cfg["host"]["x2apic"],
+                 "event_binding": binding(cfg["host"]["event_binding"])},
         "vms": len(kvms), "vcpus": len(kv),
         "handle_event": {
             "calls": calls, "reprogrammed": by_cause.get("handle_event", 0),
@@ -66,6 +75,7 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
             if calls else {}},
         "reprogram_counter": {"calls": sum(by_cause.values()),
                               "by_cause": {"handle_event": 0, "msr_write": 0, **by_cause}},
+        "emulated_instructions": sum(v.emulated_instructions for v in kv),
         "perf_calls": add_counts(v.perf_calls for v in kv),
         "perf_costs": {op: {"calls": c.modeled_ns.count,
                             "modeled_ns": with_band([c.modeled_ns], c.ledger, low, high)}
@@ -361,9 +371,9 @@ def table(runs: list[dict]) -> str:
     """The side-by-side comparison a run prints."""
     rows = table_rows(runs)
     width = max(len(name) for name, _ in rows) + 2
-    colw = [max(len(r["policy"]), *(len(cells[i]) for _, cells in rows)) + 2
-            for i, r in enumerate(runs)]
-    out = ["".ljust(width) + "".join(r["policy"].rjust(w) for r, w in zip(runs, colw))]
+    heads = [f"{r['policy']} ({r['release']})" for r in runs]
+    colw = [max(len(h), *(len(cells[i]) for _, cells in rows)) + 2 for i, h in enumerate(heads)]
+    out = ["".ljust(width) + "".join(h.rjust(w) for h, w in zip(heads, colw))]
     for name, cells in rows:
         out.append(name.ljust(width) + "".join(c.rjust(w) for c, w in zip(cells, colw)))
     return "\n".join(out)

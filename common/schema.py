@@ -173,6 +173,8 @@ class PerfCreate:
     context: int                   # KVM's pmc index, handed back with each overflow
     intr: bool                     # kvm_perf_overflow_intr rather than kvm_perf_overflow
     filter: Filter | None = None   # EDGE/INV/CMASK: the event counts cycles
+    gp_encoding: bool = False      # asked through a GP event select (0x013C), not fixed counter
+                                   # 2's pseudo-encoding 0x0300, which only fixed counter 2 takes
 
 
 @dataclasses.dataclass
@@ -461,6 +463,9 @@ class VcpuReport:
     modeled_guest_ns: int          # of it, in the guest
     modeled_other_exits_ns: int    # of it, VM transitions of exits that are not the vPMU's
     protocol_errors: dict
+    generation: str                # the built-in generation the policy's release is, or its name
+    release: str                   # the kernel release it models: '4.20', '4.20+rfc-oncpu', '6.12'
+    emulated_instructions: int     # instructions KVM retired in vPMCs (kvm_pmu_trigger_event)
 
 
 @dataclasses.dataclass

@@ -10,7 +10,12 @@ class CpuHwEvents:
 
     Assignment follows x86 perf's scheduling in the cases vpmu-emu models: CPU-pinned events are
     placed first (at boot, they never leave), then a task's events at its schedule-in; an event
-    that can count on a fixed counter takes it when it is free, else a general-purpose one.
+    that can count on a fixed counter takes it when it is free, else a general-purpose one. Ref
+    cycles are two events: fixed counter 2's pseudo-encoding 0x0300 (REF_CPU_CYCLES,
+    ``FIXED_EVENT_CONSTRAINT(0x0300, 2)``) only fits fixed counter 2, and the architectural
+    event select 0x013C (KVM's GP counter: BUS_CYCLES in 4.20/5.7, raw 0x013c in 6.12) has no
+    constraint on Skylake-SP (``intel_skl_event_constraints``): any GP counter, not fixed 2
+    (docs/generations.md §3).
     """
 
     def __init__(self, cpu: int, gp: int, fixed: int):
@@ -20,13 +25,14 @@ class CpuHwEvents:
 
     def assign(self, event) -> tuple[str, int] | None:
         """Give ``event`` a free counter and return it, or None when none fits."""
-        if event.kind in msr.FIXED_EVENTS:
+        ref_gp = event.kind == "ref_cycles" and event.gp_encoding
+        if event.kind in msr.FIXED_EVENTS and not ref_gp:
             j = msr.FIXED_EVENTS.index(event.kind)
             if j < len(self.fixed) and self.fixed[j] is None:
                 self.fixed[j] = event
                 return ("fixed", j)
-        if event.kind == "ref_cycles":   # ref cycles count only on fixed counter 2
-            return None
+        if event.kind == "ref_cycles" and not ref_gp:
+            return None                  # 0x0300 is fixed counter 2's alone
         for i, holder in enumerate(self.gp):
             if holder is None:
                 self.gp[i] = event

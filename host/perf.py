@@ -54,6 +54,7 @@ class PerfEvent:
     time_enabled: int = 0      # in guest cycles retired while enabled / while on a counter
     time_running: int = 0
     filter: cmask.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
+    gp_encoding: bool = False  # a GP event select (cpu_hw_events.py: 0x013C is no fixed event)
 
     @property
     def armed_period(self) -> int:
@@ -225,6 +226,7 @@ class HostPerf:
         ev = self._new_event(owner, owner, bound, attr.kind, attr.exclude_user,
                              attr.exclude_kernel, attr.sample_period, attr.context)
         ev.filter = attr.filter if attr.filter is not None and attr.filter.cmask else None
+        ev.gp_encoding = attr.gp_encoding
         task.events.append(ev)
         ledger.charge("perf_ctx_lock")   # perf_install_in_context under ctx->mutex
         ledger.charge("local_function_call")

@@ -18,14 +18,9 @@ from common import msr
 
 Release = tuple[int, int]
 
-LEGACY_MAX_PERIOD = (1 << 31) - 1          # Linux intel_pmu/core_pmu .max_period without FW writes
 PERF_CAP_FW_WRITES = 1 << 13                # IA32_PERF_CAPABILITIES.FW_WRITE (PMU_CAP_FW_WRITES)
 DEFAULT_MAX_SAMPLE_RATE = 100_000           # kernel/events/core.c DEFAULT_MAX_SAMPLE_RATE
 DEFAULT_CPU_TIME_MAX_PERCENT = 25           # kernel/events/core.c DEFAULT_CPU_TIME_MAX_PERCENT
-# The emulator's exits that KVM completes through kvm_skip_emulated_instruction()
-# (kvm_emulate_{rdmsr,wrmsr,rdpmc,cpuid}): from 5.17 each one that ends without #GP retires an
-# instruction in the vPMCs.
-SKIPPED_EXITS = frozenset({"rdmsr", "wrmsr", "rdpmc", "cpuid"})
 
 
 def parse_release(text: str) -> Release:
@@ -318,7 +313,7 @@ def ovf_ctrl_value(gen: Generation, last_written: int) -> int:
 def guest_max_period(gen: Generation, width: int) -> int:
     """x86_pmu.max_period of a Linux guest: cntval_mask >> 1 with full-width writes, else
     (1 << 31) - 1 because PERFCTRx writes sign-extend bit 31 (intel_pmu_init)."""
-    return ((1 << width) - 1) >> 1 if gen.full_width_writes else LEGACY_MAX_PERIOD
+    return ((1 << width) - 1) >> 1 if gen.full_width_writes else msr.LEGACY_MAX_PERIOD
 
 
 def max_samples_per_tick(hz: int, sample_rate: int = DEFAULT_MAX_SAMPLE_RATE) -> int:

@@ -74,4 +74,7 @@ class VcpuMetrics:
             modeled_guest_ns=clock.guest_ns,
             modeled_other_exits_ns=sum(self.exits[r] for r in OTHER_EXITS)
             * self.params["vmx_transition"],
-            protocol_errors=protocol_errors)
+            protocol_errors=protocol_errors,
+            generation=pmu.gen.name,
+            release=pmu.gen.label,
+            emulated_instructions=stats["emulated_instructions"])

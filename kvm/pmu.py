@@ -1,8 +1,9 @@
 """KVM's vPMU state and PMU MSR emulation for one vCPU (arch/x86/kvm/pmu.c, vmx/pmu_intel.c).
 
 Each guest counter is a ``KvmPmc`` backed by a host perf event bound to the vCPU task. The
-guest-visible rules are those of pmu-guest-semantics.md; *when* the backing events are released,
-created, paused or resumed is the policy's job (kvm/policies/).
+guest-visible rules are those of the release the policy names (``policy.generation``,
+kvm/generations.py; docs/generations.md §4 has them per release with their sources); *when* the
+backing events are released, created, paused or resumed is the policy's job (kvm/policies/).
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Protocol
 
 from common import cmask, faults, msr, schema
 from common.costs import Ledger
+from kvm.generations import fixed_counter_written, global_ctrl_at_reset, ovf_ctrl_value
 
 KVM_REQ_PMU = "KVM_REQ_PMU"
 KVM_REQ_PMI = "KVM_REQ_PMI"
+MODELLED_EMULATED_COUNTING = ("none", "emulated_counter")
 
 
 class GuestFault(Exception):
@@ -43,6 +46,7 @@ class KvmPmc:
     current_config: int = 0        # reuse/deferred: config of the live event
     is_paused: bool = False
     intr: bool = False
+    emulated_counter: int = 0      # 6.8+: instructions KVM retired, folded in at the next pause
 
     @property
     def fixed(self) -> bool:
@@ -60,14 +64,20 @@ class KvmPmu:
                  ledger: Ledger | None = None):
         self.perf = perf
         self.policy = policy
+        self.gen = policy.generation
+        if self.gen.emulated_counting not in MODELLED_EMULATED_COUNTING:
+            raise ValueError(f"release {self.gen.label}: emulated counting "
+                             f"{self.gen.emulated_counting!r} (5.17-6.7) is not modelled; "
+                             f"pick a release before 5.17 or from 6.8")
         self.version = 2
         self.nr_gp, self.nr_fixed = nr_gp, nr_fixed
         self.gp = [KvmPmc(i) for i in range(nr_gp)]
         self.fixed = [KvmPmc(msr.FIXED_IDX_BASE + j) for j in range(nr_fixed)]
         self.counter_bitmask = msr.COUNTER_MASK
         self.all_valid_pmc_idx = ((1 << nr_gp) - 1) | (((1 << nr_fixed) - 1) << msr.FIXED_IDX_BASE)
-        self.global_ctrl = (1 << nr_gp) - 1          # reset state of current KVM
+        self.global_ctrl = global_ctrl_at_reset(self.gen, nr_gp, nr_fixed)
         self.global_status = 0
+        self.global_ovf_ctrl = 0                      # the last value written (before 5.16)
         self.fixed_ctr_ctrl = 0
         self.reprogram_pmi = 0
         self.pmc_in_use = 0
@@ -78,7 +88,8 @@ class KvmPmu:
         self.ledger = ledger if ledger is not None else Ledger()
         self.stats = {"reprogram_counter": collections.Counter(),
                       "handle_event": collections.Counter(),
-                      "overflows": 0, "overflows_ignored": 0, "gp_faults": 0}
+                      "overflows": 0, "overflows_ignored": 0, "gp_faults": 0,
+                      "emulated_instructions": 0}
 
     # --- lookup ---------------------------------------------------------------------------------
 
@@ -101,9 +112,10 @@ class KvmPmu:
     # --- counters and the host event ------------------------------------------------------------
 
     def read_counter(self, pmc: KvmPmc) -> int:
-        """pmc_read_counter: the saved value plus what the live event counted."""
-        value = pmc.counter
-        if pmc.perf_event is not None and not pmc.is_paused:
+        """pmc_read_counter: the saved value, the emulated count (6.8) and what the live event
+        counted; before is_paused (5.15) the event is read even while paused (5.7)."""
+        value = pmc.counter + pmc.emulated_counter
+        if pmc.perf_event is not None and (not pmc.is_paused or not self.gen.has("is_paused")):
             value += self.perf.call(schema.PerfRead(pmc.perf_event)).count
         if faults.active("kvm_count_skew"):
             value += 1
@@ -129,7 +141,8 @@ class KvmPmu:
             return                                    # an event the host PMU cannot count
         created = self.perf.call(schema.PerfCreate(
             kind, exclude_user=not user, exclude_kernel=not kernel, sample_period=period,
-            context=pmc.idx, intr=pmc.intr, filter=None if pmc.fixed else cmask.of(pmc.eventsel)))
+            context=pmc.idx, intr=pmc.intr, filter=None if pmc.fixed else cmask.of(pmc.eventsel),
+            gp_encoding=not pmc.fixed))
         pmc.perf_event = created.handle
         pmc.oncpu = created.oncpu
         pmc.current_config = self.config_of(pmc)
@@ -151,8 +164,14 @@ class KvmPmu:
 
     def request_reprogram(self, pmc: KvmPmc, cause: str) -> None:
         """A guest change of the counter's configuration: the policy reprograms now or marks it."""
-        self.pmc_in_use |= pmc.bit
         self.policy.config_changed(self, pmc, cause)
+
+    def mark_in_use(self, pmc: KvmPmc | None) -> None:
+        """kvm_pmu_mark_pmc_in_use (5.5, b35e5548b411): kvm_pmu_set_msr marks the pmc that
+        intel_msr_idx_to_pmc maps (PERFCTRx, PERFEVTSELx, FIXED_CTRj; not PMCx) before the
+        write is validated, changed or not; reprogram_fixed_counters marks changed fields."""
+        if pmc is not None and self.gen.has("lazy_release"):
+            self.pmc_in_use |= pmc.bit
 
     # --- overflow callback and PMI ----------------------------------------------------------------
 
@@ -172,6 +191,28 @@ class KvmPmu:
             self.requests.add(KVM_REQ_PMI)
         self.requests.add(KVM_REQ_PMU)
 
+    def emulated_overflow(self, pmc: KvmPmc) -> None:
+        """__kvm_perf_overflow(pmc, in_pmi=false): an emulated count wrapped the counter."""
+        self.global_status |= pmc.bit
+        if pmc.intr:
+            self.requests.add(KVM_REQ_PMI)
+
+    def trigger_event(self, reason: str) -> None:
+        """kvm_skip_emulated_instruction -> kvm_pmu_trigger_event(INSTRUCTIONS) (5.17,
+        9cd803d496e7; 6.12's rules, docs/generations.md §3): an exit KVM completed without #GP
+        retires one instruction, at the guest's CPL 0, in every counter that after the
+        instruction's own effect counts it (``msr.counts_trapped``, the rule the guest's oracle
+        holds as the architecture's): ``emulated_counter += 1`` and a reprogram request
+        (kvm_pmu_incr_counter, 6.8)."""
+        if reason not in msr.TRAPPED_INSTRUCTIONS or self.gen.emulated_counting == "none":
+            return
+        for pmc in self.pmcs():
+            if msr.counts_trapped(pmc.idx, pmc.eventsel, self.global_ctrl):
+                pmc.emulated_counter += 1
+                self.stats["emulated_instructions"] += 1
+                self.reprogram_pmi |= pmc.bit
+                self.requests.add(KVM_REQ_PMU)
+
     def event_moved(self, handle: int, oncpu: int) -> None:
         """The host says a backing event's ``oncpu`` changed: keep the mirror exact."""
         for pmc in self.pmcs():
@@ -187,9 +228,10 @@ class KvmPmu:
 
     def _counter_msr(self, index: int) -> tuple[KvmPmc | None, str]:
         """The pmc a counter MSR names on this vCPU (get_gp_pmc / get_fixed_pmc) and the kind of
-        access (common/msr.py counter_msr)."""
+        access (common/msr.py counter_msr). The full-width PMCx exist only from 5.8
+        (27461da31089, with PDCM and FW_WRITES); before, 0x4C1+ is an unknown MSR."""
         named = msr.counter_msr(index)
-        if named is None:
+        if named is None or (named[1] == "full" and not self.gen.full_width_writes):
             return None, ""
         return self.pmc(named[0]), named[1]
 
@@ -210,9 +252,9 @@ class KvmPmu:
         if index == msr.MSR_CORE_PERF_GLOBAL_CTRL:
             return self.global_ctrl
         if index == msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL:
-            return 0
-        if index == msr.MSR_IA32_PERF_CAPABILITIES:
-            return msr.PERF_CAP_FW_WRITE
+            return ovf_ctrl_value(self.gen, self.global_ovf_ctrl)
+        if index == msr.MSR_IA32_PERF_CAPABILITIES and self.gen.perf_capabilities is not None:
+            return self.gen.perf_capabilities
         if index == msr.MSR_X2APIC_LVTPC:
             return self.lvtpc
         pmc = self._evtsel_msr(index)
@@ -239,6 +281,7 @@ class KvmPmu:
             if data & ~(self.all_valid_pmc_idx | msr.GLOBAL_OVF_BUFFER | msr.GLOBAL_COND_CHGD):
                 raise GuestFault(f"WRMSR GLOBAL_OVF_CTRL {data:#x}: reserved bits")
             self.global_status &= ~data
+            self.global_ovf_ctrl = data
             return None
         if index == msr.MSR_X2APIC_LVTPC:
             self.lvtpc = data & (msr.APIC_LVT_MASKED | msr.APIC_DM_MASK | msr.APIC_VECTOR_MASK)
@@ -247,14 +290,18 @@ class KvmPmu:
             return None
         pmc = self._evtsel_msr(index)
         if pmc is not None:
+            self.mark_in_use(pmc)
             return self._set_eventsel(pmc, data)
         pmc, access = self._counter_msr(index)
         if pmc is not None:
-            data = msr.written_value(access, data)
-            if access != "legacy" and data & ~self.counter_bitmask:
+            if access != "full":
+                self.mark_in_use(pmc)
+            if access == "full" and data & ~self.counter_bitmask:
                 raise GuestFault(f"WRMSR {index:#x} = {data:#x}: bits above the counter width")
-            self.policy.write_counter(self, pmc, data & self.counter_bitmask)
-            self.pmc_in_use |= pmc.bit
+            if access == "fixed":
+                data = fixed_counter_written(self.gen, data, msr.COUNTER_WIDTH)
+            self.policy.write_counter(self, pmc, msr.written_value(access, data)
+                                      & self.counter_bitmask)
             return None
         if self._legacy_p6(index):
             return None
@@ -279,6 +326,7 @@ class KvmPmu:
         for j, pmc in enumerate(self.fixed):
             field = msr.fixed_field(data, j)
             if field != msr.fixed_field(old, j):
+                self.mark_in_use(pmc)
                 pmc.eventsel = field
                 pmc.intr = bool(field & msr.FIXED_CTRL_PMI)
                 self.request_reprogram(pmc, "msr_write")
@@ -294,19 +342,31 @@ class KvmPmu:
                 self.request_reprogram(pmc, "msr_write")
 
     def rdpmc(self, ecx: int) -> int:
+        """kvm_pmu_rdpmc + intel_rdpmc_ecx_to_pmc. From 6.9 (5728a4a0ea79, a634c76b2c1a)
+        ECX[31:16] is a type, GP (0) or fixed (bit 30), anything else #GP, and the index is
+        ECX[15:0]; before, bits 31:30 are masked off the index and a fast read (bit 31) returns
+        the low 32 bits."""
         self.ledger.charge("msr_emulation")
-        if ecx & msr.RDPMC_FAST:
-            raise GuestFault(f"RDPMC {ecx:#x}: fast reads are not supported")
-        idx = msr.rdpmc_counter(ecx)
-        pmc = None if idx is None else self.pmc(idx)
-        if pmc is None:
+        fast = bool(ecx & msr.RDPMC_FAST)
+        if self.gen.has("rdpmc_type_checked"):
+            if ecx >> 16 not in (0, msr.RDPMC_FIXED >> 16):
+                raise GuestFault(f"RDPMC {ecx:#x}: unsupported counter type")
+            index = ecx & 0xFFFF
+        else:
+            index = ecx & ~(msr.RDPMC_FIXED | msr.RDPMC_FAST)
+        fixed = bool(ecx & msr.RDPMC_FIXED)
+        if index >= (self.nr_fixed if fixed else self.nr_gp):
             raise GuestFault(f"RDPMC {ecx:#x}: no such counter")
-        return self.read_counter(pmc)
+        pmc = self.fixed[index] if fixed else self.gp[index]
+        value = self.read_counter(pmc)
+        return value & 0xFFFFFFFF if fast else value
 
     def cpuid(self, leaf: int, subleaf: int) -> list[int]:
-        """CPUID as far as the PMU goes: leaf 1 (PDCM), leaf 0xA (architectural PMU)."""
+        """CPUID as far as the PMU goes: leaf 1 (ECX.PDCM, set from 5.8 with PERF_CAPABILITIES:
+        27461da31089's F(PDCM) in cpuid.c; 4.20/5.7 ``0 /* xTPR Update, PDCM */``), leaf 0xA
+        (architectural PMU)."""
         if leaf == 0x1:
-            return [0, 0, 1 << 15, 0]                 # ECX.PDCM: PERF_CAPABILITIES exists
+            return [0, 0, msr.CPUID_1_ECX_PDCM if self.gen.full_width_writes else 0, 0]
         if leaf == 0xA:
             eax = (self.version | self.nr_gp << 8 | msr.COUNTER_WIDTH << 16
                    | len(msr.ARCH_EVENTS) << 24)
@@ -321,7 +381,7 @@ class KvmPmu:
         self.ledger.charge("lapic_deliver_pmi")
         if self.lvtpc & msr.APIC_LVT_MASKED:
             return None
-        if self.policy.mask_lvtpc_on_pmi:
+        if self.gen.mask_lvtpc_on_pmi:
             self.lvtpc |= msr.APIC_LVT_MASKED
         if self.lvtpc & msr.APIC_DM_MASK == msr.APIC_DM_NMI:
             return ("nmi", 2)

@@ -168,6 +168,8 @@ class VcpuThread(threading.Thread):
             gp = True
             self.pmu.stats["gp_faults"] += 1
             log.info("#GP injected: %s", fault)
+        if not gp:                             # kvm_skip_emulated_instruction (5.17+)
+            self.pmu.trigger_event(ex.reason)
         stop = "max_modeled_ms" if self.clock.now_ns > self.max_modeled_ns else ""
         return schema.Entry(value, gp, {}, values, stop=stop)
 
@@ -185,7 +187,7 @@ class VcpuThread(threading.Thread):
             injection = self.pmu.deliver_pmi()
             if injection == ("nmi", 2):
                 self.nmi.pending = True
-                if self.policy.nmi_entry_retry:
+                if self.pmu.gen.nmi_entry_retry:
                     self.ledger.charge("entry_retry")
                     self.metrics.entry_retries += 1
             elif injection is not None:

@@ -1,6 +1,8 @@
 """A PMI through LVTPC in fixed-vector mode waits for the interrupt flag; an NMI would not."""
-EVTSEL0, PMC0, GLOBAL_CTRL, OVF_CTRL, LVTPC, EOI = 0x186, 0x4C1, 0x38F, 0x390, 0x834, 0x80B
-EN, OS, USR, INT = 1 << 22, 1 << 17, 1 << 16, 1 << 20
+from guest.caps import pmu_init
+
+EVTSEL0, GLOBAL_CTRL, OVF_CTRL, LVTPC, EOI = 0x186, 0x38F, 0x390, 0x834, 0x80B
+EN, USR, INT = 1 << 22, 1 << 16, 1 << 20   # USR only: the trapped CPL 0 instructions stay out
 VECTOR = 0xEE
 
 
@@ -10,8 +12,8 @@ def main(cpu):
         c.wrmsr(EOI, 0)
     cpu.on_pmi(handler)
     cpu.wrmsr(LVTPC, VECTOR)                       # fixed delivery, unmasked
-    cpu.wrmsr(PMC0, (-1000) & ((1 << 48) - 1))
-    cpu.wrmsr(EVTSEL0, 0xC0 | EN | OS | USR | INT)
+    cpu.wrmsr(pmu_init(cpu).counter_msr(0), (-1000) & ((1 << 48) - 1))
+    cpu.wrmsr(EVTSEL0, 0xC0 | EN | USR | INT)
     cpu.wrmsr(GLOBAL_CTRL, 1)
     cpu.cli()
     cpu.retire(instructions=1500)

@@ -1,13 +1,15 @@
 """A guest program that asks for its own moves: one now, one in the next overflow window."""
-EVTSEL0, PMC0, GLOBAL_CTRL, OVF_CTRL, LVTPC = 0x186, 0x4C1, 0x38F, 0x390, 0x834
-EN, OS, USR, INT = 1 << 22, 1 << 17, 1 << 16, 1 << 20
+from guest.caps import pmu_init
+
+EVTSEL0, GLOBAL_CTRL, OVF_CTRL, LVTPC = 0x186, 0x38F, 0x390, 0x834
+EN, USR, INT = 1 << 22, 1 << 16, 1 << 20   # USR only: the trapped CPL 0 instructions stay out
 
 
 def main(cpu):
     cpu.on_pmi(lambda c: (c.wrmsr(OVF_CTRL, 1), c.wrmsr(LVTPC, 0x400)))
     cpu.wrmsr(LVTPC, 0x400)
-    cpu.wrmsr(PMC0, (-1000) & ((1 << 48) - 1))
-    cpu.wrmsr(EVTSEL0, 0xC0 | EN | OS | USR | INT)
+    cpu.wrmsr(pmu_init(cpu).counter_msr(0), (-1000) & ((1 << 48) - 1))
+    cpu.wrmsr(EVTSEL0, 0xC0 | EN | USR | INT)
     cpu.wrmsr(GLOBAL_CTRL, 1)
     cpu.request_migration(5, at="now")
     cpu.retire(instructions=500)

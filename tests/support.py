@@ -26,6 +26,7 @@ from guest.oracle import Oracle
 from guest.workload import Workload
 from host.main import HostServer
 from host.perf import HostPerf, PerfError
+from kvm.generations import GENERATIONS
 from kvm.pmu import KVM_REQ_PMU, PerfCallRefused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +43,8 @@ preset = "small"
 """
 
 # The policies whose KVM counts the guest's trapped instructions (5.17+, emulated_instructions in
-# kvm/generations.py). Today's KVM counts them under none; when kvm/pmu.py's trigger_event lands
-# this becomes frozenset({"deferred"}), and the tests that read it expect the opposite there.
-COUNTS_TRAPPED = frozenset()
+# kvm/generations.py; kvm/pmu.py trigger_event).
+COUNTS_TRAPPED = frozenset(n for n, g in GENERATIONS.items() if g.counts_emulated_instructions)
 
 
 def launcher_module():
@@ -140,12 +140,18 @@ def make_cpu(kvm, max_exits=1_000_000, profile="compute", ghz=2.5) -> GuestCpu:
     return cpu
 
 
+def perfctr(pmu, idx: int = 0) -> int:
+    """The counter MSR a Linux guest writes on ``pmu``'s release: PMCx with full-width writes
+    (5.8+), else the legacy PERFCTRx."""
+    return msr.counter_msr_of(idx, pmu.gen.full_width_writes)
+
+
 def program_counter0(pmu, period: int) -> None:
     """What a Linux guest writes for perf record -c PERIOD on GP counter 0 (and, under a
     policy that defers reprogramming, the VM entry that follows)."""
     pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
     pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0)
-    pmu.set_msr(msr.MSR_IA32_PMC0, (-period) & msr.COUNTER_MASK)
+    pmu.set_msr(perfctr(pmu), (-period) & msr.COUNTER_MASK)
     pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR_INT)
     pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL, 0xF)
     if KVM_REQ_PMU in pmu.requests:

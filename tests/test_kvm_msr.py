@@ -9,13 +9,11 @@ pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
 
 def test_reset_state(make_pmu):
-    pmu, _, _ = make_pmu()
-    assert pmu.get_msr(msr.MSR_CORE_PERF_GLOBAL_CTRL) == 0xF
+    pmu, _, _ = make_pmu("deferred")
     assert pmu.get_msr(msr.MSR_CORE_PERF_GLOBAL_STATUS) == 0
     assert pmu.get_msr(msr.MSR_P6_EVNTSEL0) == 0
     assert pmu.get_msr(msr.MSR_IA32_PMC0 + 3) == 0
     assert pmu.get_msr(msr.MSR_X2APIC_LVTPC) & msr.APIC_LVT_MASKED
-    assert pmu.get_msr(msr.MSR_IA32_PERF_CAPABILITIES) & msr.PERF_CAP_FW_WRITE
 
 
 @pytest.mark.parametrize("index, value", [
@@ -34,7 +32,7 @@ def test_reset_state(make_pmu):
     (0x1234, 0),                                          # not a PMU MSR
 ])
 def test_writes_that_raise_gp(make_pmu, index, value):
-    pmu, _, _ = make_pmu()
+    pmu, _, _ = make_pmu("deferred")
     with pytest.raises(GuestFault):
         pmu.set_msr(index, value)
 
@@ -42,13 +40,13 @@ def test_writes_that_raise_gp(make_pmu, index, value):
 @pytest.mark.parametrize("index", [msr.MSR_IA32_PMC0 + 4, msr.MSR_P6_EVNTSEL0 + 5, 0x1234,
                                    msr.MSR_CORE_PERF_FIXED_CTR0 + 3])
 def test_reads_that_raise_gp(make_pmu, index):
-    pmu, _, _ = make_pmu()
+    pmu, _, _ = make_pmu("deferred")
     with pytest.raises(GuestFault):
         pmu.get_msr(index)
 
 
 def test_global_ovf_ctrl_clears_status_and_reads_zero(make_pmu):
-    pmu, _, _ = make_pmu()
+    pmu, _, _ = make_pmu("deferred")
     pmu.global_status = 0b101 | (1 << 33)
     pmu.set_msr(msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL, 0b001 | (1 << 33))
     assert pmu.global_status == 0b100
@@ -56,7 +54,7 @@ def test_global_ovf_ctrl_clears_status_and_reads_zero(make_pmu):
 
 
 def test_legacy_counter_write_is_sign_extended_and_aliases_agree(make_pmu):
-    pmu, _, _ = make_pmu()
+    pmu, _, _ = make_pmu("deferred")
     pmu.set_msr(msr.MSR_IA32_PERFCTR0 + 1, 0xFFFFFFF0)       # -16 as 32 bits
     assert pmu.get_msr(msr.MSR_IA32_PMC0 + 1) == msr.COUNTER_MASK - 15
     assert pmu.get_msr(msr.MSR_IA32_PERFCTR0 + 1) == msr.COUNTER_MASK - 15
@@ -64,11 +62,12 @@ def test_legacy_counter_write_is_sign_extended_and_aliases_agree(make_pmu):
     assert pmu.rdpmc(1) == 0x7FFFFFFF
 
 
-def test_rdpmc_rules(make_pmu):
-    pmu, _, _ = make_pmu()
+@pytest.mark.parametrize("policy", ["always", "deferred"])
+def test_rdpmc_rules(make_pmu, policy):
+    pmu, _, _ = make_pmu(policy)
     pmu.set_msr(msr.MSR_CORE_PERF_FIXED_CTR0 + 2, 77)
     assert pmu.rdpmc(msr.RDPMC_FIXED | 2) == 77
-    for ecx in (4, msr.RDPMC_FIXED | 3, msr.RDPMC_FAST | 0, 64):
+    for ecx in (4, msr.RDPMC_FIXED | 3, 64):
         with pytest.raises(GuestFault):
             pmu.rdpmc(ecx)
 

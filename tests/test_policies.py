@@ -6,7 +6,7 @@ import pytest
 from common import msr
 from kvm import policies
 from kvm.pmu import KVM_REQ_PMU
-from support import EN_INSTR_INT, ROOT, launch, program_counter0
+from support import EN_INSTR_INT, ROOT, launch, perfctr, program_counter0
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -19,7 +19,7 @@ def linux_handler(pmu, period):
             pmu.handle_event()
     for index, value in ((msr.MSR_CORE_PERF_GLOBAL_CTRL, 0),
                          (msr.MSR_CORE_PERF_GLOBAL_OVF_CTRL, 1),
-                         (msr.MSR_IA32_PMC0, (-period) & msr.COUNTER_MASK),
+                         (perfctr(pmu), (-period) & msr.COUNTER_MASK),
                          (msr.MSR_CORE_PERF_GLOBAL_CTRL, 0xF)):
         pmu.set_msr(index, value)
         entry()
@@ -100,21 +100,11 @@ def test_reuse_lazy_release_after_an_unused_time_slice(make_pmu):
 def test_deferred_only_marks_on_msr_writes(make_pmu):
     pmu, perf, _ = make_pmu("deferred")
     perf.calls.clear()
-    pmu.set_msr(msr.MSR_IA32_PMC0, (-1000) & msr.COUNTER_MASK)
+    pmu.set_msr(perfctr(pmu), (-1000) & msr.COUNTER_MASK)
     pmu.set_msr(msr.MSR_P6_EVNTSEL0, EN_INSTR_INT)
     assert perf.calls == [] and pmu.reprogram_pmi == 1 and KVM_REQ_PMU in pmu.requests
     pmu.handle_event()
     assert perf.calls == ["create"] and pmu.reprogram_pmi == 0
-
-
-@pytest.mark.parametrize("policy, masked", [("always", False), ("reuse", False),
-                                            ("deferred", True)])
-@pytest.mark.unit
-def test_lvtpc_mask_on_delivery(make_pmu, policy, masked):
-    pmu, _, _ = make_pmu(policy)
-    pmu.set_msr(msr.MSR_X2APIC_LVTPC, msr.APIC_DM_NMI)
-    assert pmu.deliver_pmi() == ("nmi", 2)
-    assert bool(pmu.lvtpc & msr.APIC_LVT_MASKED) == masked
 
 
 @pytest.mark.unit

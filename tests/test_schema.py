@@ -23,7 +23,7 @@ VCPU = schema.VcpuReport(
                                                   {"clock_read": 2}),
     {"msr_write": 4}, {"create": 1}, 2, 0, 2, 5, {}, 0, schema.Affinity(99, 3, [1]), 0,
     schema.NmiHandlerReport(SAMPLES, SAMPLES, {"rdpmc": 2}, 400), {"wrmsr": 9}, 0, 1000, 900, 50,
-    {})
+    {}, "oncpu", "4.20+rfc-oncpu", 0)
 GUEST_VCPU = schema.GuestVcpuReport(
     0, "pmis", None, 2, 2, [schema.GuestEventReport("record:instructions", "instructions", 20, 2,
                                                     10, 5, 5, 20)], 1, 0, 0, {"rdpmc": 2}, 0,

@@ -1,13 +1,20 @@
 """Reprogramming policies: when KVM releases, creates, pauses or resumes the host events.
 
-A policy is a class with one job, in one module that defines ``POLICY``. Built-in ones live here;
-``load_file`` takes one from outside the tree so that a patch can be tried without a fork.
+A policy is a class with one job, in one module that defines ``POLICY``; its ``generation`` names
+the kernel release whose rules it runs with (kvm/generations.py). Built-in ones live here;
+``load_file`` takes one from outside the tree so that a patch can be tried without a fork, on the
+release of the policy it subclasses.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
+
+from kvm.generations import Generation
+
+log = logging.getLogger("kvm")
 
 BUILTIN = ("always", "oncpu", "reuse", "deferred")
 
@@ -31,4 +38,9 @@ def load_file(path: str):
     spec.loader.exec_module(module)
     if not hasattr(module, "POLICY"):
         raise ValueError(f"{path}: defines no POLICY class")
-    return module.POLICY()
+    if not isinstance(getattr(module.POLICY, "generation", None), Generation):
+        raise ValueError(f"{path}: POLICY names no kernel release: subclass a built-in policy "
+                         f"(its generation) or set generation = Generation.at(name, release)")
+    policy = module.POLICY()
+    log.info("policy %s from %s: release %s", policy.name, path, policy.generation.label)
+    return policy

@@ -7,21 +7,23 @@ period it was created with); LVTPC is not masked when a PMI is delivered; and an
 the extra entry attempt 4.20 made (kvm_pmu_deliver_pmi raised KVM_REQ_NMI after vcpu_enter_guest
 had processed NMIs, so the entry was cancelled and tried again).
 
-This class is also the base of the other policies: each one overrides only what its kernel
-generation changed.
+This class is also the base of the other policies: each one names its release in ``generation``
+(kvm/generations.py) and overrides only the code paths that release changed; every rule that
+differs by release is read from ``self.generation``, so a policy file that subclasses one is
+tried on that release's rules.
 """
 from __future__ import annotations
+
+from kvm.generations import GENERATIONS
 
 
 class Always:
     name = "always"
-    mask_lvtpc_on_pmi = False
-    nmi_entry_retry = True
-    defer_config_changes = False
+    generation = GENERATIONS["always"]
 
     def config_changed(self, pmu, pmc, cause: str) -> None:
         """A guest write changed the counter's configuration."""
-        if self.defer_config_changes:
+        if self.generation.defer_config_changes:
             pmu.reprogram_pmi |= pmc.bit
             pmu.requests.add("KVM_REQ_PMU")
         else:
@@ -46,7 +48,7 @@ class Always:
                 continue
             pmu.ledger.charge("retpoline_indirect_call")      # pmc_idx_to_pmc
             pmu.ledger.charge("cacheline_read_local")         # pmc->perf_event
-            if pmc.perf_event is None and not self.defer_config_changes:
+            if pmc.perf_event is None and not self.generation.defer_config_changes:
                 pmu.ledger.charge("locked_rmw")               # clear_bit, continue
                 pmu.reprogram_pmi &= ~pmc.bit
                 continue
@@ -61,12 +63,24 @@ class Always:
         self.after_handle_event(pmu)
 
     def take_pending(self, pmu) -> int:
-        """The bits this handle_event works on (4.20/5.x leave them set until reprogrammed)."""
-        return pmu.reprogram_pmi
+        """The bits this handle_event works on: 4.20/5.x leave them set until reprogrammed; with
+        deferral (6.2) kvm_pmu_handle_event copies and atomically clears them."""
+        bitmask = pmu.reprogram_pmi
+        if self.generation.defer_config_changes:
+            pmu.ledger.charge("locked_rmw")                   # atomic64_andnot
+            pmu.reprogram_pmi &= ~bitmask
+        return bitmask
 
     def decide(self, pmu, pmc) -> tuple[bool, str | None]:
-        """Whether to skip the pending counter, and the reason to record if it says one."""
-        return False, None
+        """Whether to skip the pending counter, and the reason to record if it says one: the
+        RFC skips one whose event is active on the vCPU's pCPU
+        (``READ_ONCE(pmc->perf_event->oncpu) == vcpu->cpu``)."""
+        if not self.generation.skip_active_here:
+            return False, None
+        pmu.ledger.charge("cacheline_read_local", 2)          # event->oncpu, vcpu->cpu
+        if pmc.oncpu == pmu.cpu:
+            return True, "skipped_active_here"
+        return False, "reprogrammed_inactive" if pmc.oncpu == -1 else "reprogrammed_elsewhere"
 
     def sched_in(self, pmu) -> None:
         """kvm_arch_sched_in: nothing for the vPMU before 5.5."""
