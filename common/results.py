@@ -9,7 +9,7 @@ from common.stats import summary
 from common.topology import preset
 
 # Violations that do not fail a run: the host explains them (see classify).
-EXPLAINED_VIOLATIONS = ("counter_unavailable",)
+EXPLAINED_VIOLATIONS = ("counter_unavailable", "counter_throttled")
 SHOW_PER_KIND = 5
 TARGETS = ("pmis", "program_done")          # how a vCPU's run ends when it did all its work
 OWN_LINES = ("program_error", "interrupted")   # ends that are reported (and exit) otherwise
@@ -40,7 +40,7 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
     he_counts = add_counts(v.handle_event.ledger for v in kv)
     exits = add_counts(v.exits for v in kv)
     migrations = add_counts(v.migrations for v in kv)
-    violations = classify(guests, host.unavailable)
+    violations = classify(guests, host.unavailable, host.throttled_lost)
     total_ns = sum(v.modeled_total_ns for v in kv)
     guest_ns = sum(v.modeled_guest_ns for v in kv)
     other_ns = sum(v.modeled_other_exits_ns for v in kv)
@@ -97,7 +97,8 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
         "host_perf": {"refcount_crossings": host.refcount_crossings,
                       "static_key": host.static_key, "overflows": host.overflows,
                       "pinned_errors": host.pinned_errors, "pmc_refcount": host.pmc_refcount,
-                      "run_queue_waits": host.run_queue_waits, "unavailable": host.unavailable},
+                      "run_queue_waits": host.run_queue_waits, "unavailable": host.unavailable,
+                      "throttled": dict(host.throttled, lost=host.throttled_lost)},
         "modeled_guest_ns": guest_ns, "modeled_total_ns": total_ns,
         # shares of the vCPUs' modeled time: the vPMU's (its exits, KVM's emulation and PMI
         # delivery, host perf) and that of the exits it does not cause (their VM transitions)
@@ -133,17 +134,22 @@ def incomplete(run: dict, cfg: dict) -> str | None:
     return f"INCOMPLETE [{run['policy']}] stopped before its target, {done}: {why}"
 
 
-def classify(guests: list[schema.GuestReport], unavailable: dict) -> list[dict]:
-    """The oracle's violations, with those the host explains relabelled ``counter_unavailable``.
+def classify(guests: list[schema.GuestReport], unavailable: dict,
+             throttled: dict) -> list[dict]:
+    """The oracle's violations, with those the host explains relabelled ``counter_unavailable``
+    or, where host perf had throttled the counter's event, ``counter_throttled``.
 
     The oracle knows only what the guest did. When a counter's shortfall adds up exactly to the
-    events the host saw retire while that counter's event could not get a hardware counter (the
-    error state), the shortfall and the PMIs it cost are the hardware's doing, not a fault of the
-    emulated path; anything else stays as the oracle reported it."""
+    events the host saw retire while that counter's event could not count them — it had no
+    hardware counter (the error state) or was throttled — the shortfall and the PMIs it cost are
+    the host's doing, not a fault of the emulated path; anything else stays as the oracle
+    reported it."""
     out = []
     for g in guests:
         for v in g.vcpus:
-            lost = unavailable.get(f"{g.vm}/vcpu{v.vcpu}", {})
+            task = f"{g.vm}/vcpu{v.vcpu}"
+            cut = throttled.get(task, {})
+            lost = add_counts([unavailable.get(task, {}), cut])
             deficits = collections.Counter()
             for x in v.violations:
                 if x.kind == "count_mismatch":
@@ -153,8 +159,9 @@ def classify(guests: list[schema.GuestReport], unavailable: dict) -> list[dict]:
             for x in v.violations:
                 if x.counter in explained and x.kind in ("count_mismatch", "missing_pmi",
                                                          "late_pmi"):
-                    x = dataclasses.replace(x, kind="counter_unavailable",
-                                            detail=f"{x.kind}: {x.detail}")
+                    kind = "counter_throttled" if cut.get(str(x.counter)) else \
+                        "counter_unavailable"
+                    x = dataclasses.replace(x, kind=kind, detail=f"{x.kind}: {x.detail}")
                 out.append(dataclasses.asdict(x))
     return out
 

@@ -1,10 +1,19 @@
-"""The vCPU thread as a task of the host scheduler: the pCPU it runs on, its time slices, its moves.
+"""The vCPU thread as a task of the host scheduler: the pCPU it runs on, its ticks, its moves.
 
-KVM sees the task's scheduling through two hooks: kvm_arch_vcpu_load when the task runs on a pCPU
-(it sets vcpu->cpu) and kvm_arch_sched_in when a preempted task runs again (the policy's
-``sched_in``: from 5.5 a request to release unused events). Time slices end, and moves happen, at
-a preemption point between an exit and the next entry; kvm/migrate.py decides the moves, the host
-scheduler carries them out (a Migrate request) and may make the task wait for its pCPU.
+The task leaves its pCPU only when something else wants it, as the host scheduler does it:
+- the host timer tick (every ``--timeslice-ms``, 1000/HZ) makes the guest exit, and the host's
+  tick (a Tick request) switches the task out only when another task waits for the pCPU (CFS
+  does not switch out a lone runnable task: host/main.py HostServer.tick cites the code);
+- host work (``--host-load``: tasks per second of the vCPU's time on its pCPU, seeded) preempts
+  it for HOST_TASK_NS;
+- a migration (kvm/migrate.py decides, a Migrate request carries it out) is a switch out on the
+  old pCPU and in on the new one.
+KVM sees a schedule-in through its preempt notifier: context_switch -> finish_task_switch ->
+fire_sched_in_preempt_notifiers -> kvm_sched_in -> kvm_arch_sched_in (5.5-6.10; from 6.11
+kvm_arch_vcpu_load behind vcpu->scheduled_out) -> the policy's ``sched_in`` (read in 4.20, 5.7 and
+6.12 kernel/sched/core.c and virt/kvm/kvm_main.c; __schedule calls context_switch only ``if
+(likely(prev != next))``). The first load of KVM_RUN is vcpu_load, not a schedule-in: no hook.
+Every decision is taken at a preemption point between an exit and the next entry.
 """
 from __future__ import annotations
 
@@ -14,7 +23,10 @@ import threading
 
 from common import logsetup, schema, transport
 from common.topology import Topology
+import numpy as np
+
 from kvm.clock import VcpuClock
+from kvm.generations import GENERATIONS
 from kvm.hostlink import HostLink
 from kvm.metrics import VcpuMetrics
 from kvm.migrate import Migrator
@@ -22,6 +34,10 @@ from kvm.pmu import KvmPmu
 
 log = logging.getLogger("kvm")
 TURN_TIMEOUT_S = 60.0              # a turn on a pCPU may wait for another task's time slice
+# How long one host task (--host-load) holds the pCPU. Unverified: no published run time of a
+# per-CPU kworker such as vmstat_update; a context switch pair (~2-4 us each way, Li, Ding and Shen,
+# "Quantifying the cost of context switch", ExpCS 2007) plus a short work item.
+HOST_TASK_NS = 20_000
 
 
 class VcpuTask:
@@ -32,7 +48,11 @@ class VcpuTask:
             metrics
         self.real_affinity = cfg["vm"]["real_affinity"]
         self.slice_ns = cfg["vm"]["timeslice_ms"] * 1_000_000
-        self.next_tick = self.slice_ns           # modeled ns at which the time slice ends
+        self.next_tick = self.slice_ns           # modeled ns of the next host timer tick
+        self.host_load = cfg["host"]["host_load"]
+        self.load_rng = np.random.default_rng([cfg["run"]["seed"], index, 0x10AD])
+        self.next_host_task = self._host_task_after(0)
+        self.sched_in_hook = _has_sched_in_hook(policy)
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
                                  cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"],
                                  self.slice_ns)
@@ -65,6 +85,7 @@ class VcpuTask:
         self.loaded = True
         if not migration:
             return
+        self.sched_in()                          # switched in on the new pCPU
         self.metrics.migrations[migration] += 1
         logsetup.set_context(self.index, pcpu)
         self.pin_thread(pcpu)
@@ -78,28 +99,56 @@ class VcpuTask:
         """Between an exit and the next entry: end the time slice if it is over, then move the
         task if the migration rule says so (some rules wait for an overflow since the exit's
         start: ``overflows_before`` is KVM's count of them then)."""
+        if self.clock.now_ns >= self.next_host_task:
+            self.host_task()
         if self.clock.now_ns >= self.next_tick:
-            self.preempt()
+            self.tick()
         overflowed = self.pmu.stats["overflows"] > overflows_before
         move = self.migrator.decide(self.pcpu, exits, self.clock.now_ns, overflowed)
         if move is not None and move[0] != self.pcpu:
             self.vcpu_load(*move)
             self.clock.sync()
 
-    def preempt(self) -> None:
-        """The time slice is over: the host schedules the vCPU task out and back in on its pCPU,
-        and KVM's sched-in hook runs."""
-        self.host.sched(schema.SchedOut())
-        self.host.sched(schema.SchedIn(self.pcpu))
-        self.policy.sched_in(self.pmu)
-        self.metrics.timeslices += 1
+    def tick(self) -> None:
+        """The host timer tick: the task is switched out only if another task waits for the
+        pCPU (the host answers when it runs again)."""
+        if self.host.sched(schema.Tick(self.pcpu)).switched:
+            self.switched_in()
         self.clock.sync()
         while self.next_tick <= self.clock.now_ns:
             self.next_tick += self.slice_ns
 
+    def host_task(self) -> None:
+        """Host work wakes on the pCPU and preempts the vCPU task for HOST_TASK_NS."""
+        self.host.sched(schema.SchedOut())
+        self.clock.off_cpu(HOST_TASK_NS)
+        self.host.sched(schema.SchedIn(self.pcpu))
+        self.switched_in()
+        self.next_host_task = self._host_task_after(self.clock.now_ns)
+        log.debug("preempted by host work for %d ns", HOST_TASK_NS)
+
+    def switched_in(self) -> None:
+        """Back on the pCPU after another task had it: a time slice given up, a schedule-in."""
+        self.metrics.timeslices += 1
+        self.sched_in()
+        self.clock.sync()
+
+    def sched_in(self) -> None:
+        """kvm_sched_in: the release's sched-in hook, where it has one."""
+        if self.sched_in_hook:
+            self.policy.sched_in(self.pmu)
+
+    def _host_task_after(self, now_ns: int) -> float:
+        """When the next host task arrives: exponential gaps at --host-load per second."""
+        if self.host_load <= 0:
+            return float("inf")
+        return now_ns + self.load_rng.exponential(1e9 / self.host_load)
+
     def cycles_to_slice_end(self) -> int:
-        """Guest cycles until the time slice ends (at least one): a bound of the entry's budget."""
-        return max(int((self.next_tick - self.clock.now_ns) * self.clock.ghz), 1)
+        """Guest cycles until the next tick or host task (at least one): a bound of the entry's
+        budget."""
+        until = min(self.next_tick, self.next_host_task) - self.clock.now_ns
+        return max(int(until * self.clock.ghz), 1)
 
     def request_migration(self, pcpu: int, next_overflow: bool) -> None:
         """A guest test program's hypercall: move now, or after the next overflow."""
@@ -108,3 +157,10 @@ class VcpuTask:
     def put(self) -> None:
         """The guest is done: the task leaves its pCPU to the others."""
         self.host.sched(schema.SchedOut())
+
+
+def _has_sched_in_hook(policy) -> bool:
+    """Whether the policy's release has a sched-in hook for the vPMU (kvm_arch_sched_in from 5.5,
+    kvm_arch_vcpu_load from 6.11); a policy of no known release decides in its ``sched_in``."""
+    gen = getattr(policy, "generation", None) or GENERATIONS.get(policy.name)
+    return gen is None or bool(gen.sched_in_hook)
