@@ -238,6 +238,7 @@ def default_budgets(cfg: dict) -> dict:
                           + ticking * guest_ms * RESERVATIONS_PER_GUEST_MS)
     exits = (cfg["run"]["pmis"] * (EXITS_PER_PMI[0] + EXITS_PER_PMI[1] * events)
              + guest_ms / cfg["vm"]["timeslice_ms"]
+             + cfg["host"]["host_load"] * (guest_ms + host_ms) / 1000    # host tasks' exits
              + ticking * guest_ms * (EXITS_PER_TICK[0] + EXITS_PER_TICK[1] * events))
     return {"max_modeled_ms": math.ceil(guest_ms + host_ms),
             "max_exits": math.ceil(EXIT_SLACK * exits)}

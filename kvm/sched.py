@@ -96,7 +96,8 @@ class VcpuTask:
                  {p.idx: p.oncpu for p in live})
 
     def preemption_point(self, exits: int, overflows_before: int) -> None:
-        """Between an exit and the next entry: end the time slice if it is over, then move the
+        """Between an exit and the next entry: host work that arrived preempts the task, a tick
+        that is due runs (and switches only for a waiting task), then move the
         task if the migration rule says so (some rules wait for an overflow since the exit's
         start: ``overflows_before`` is KVM's count of them then)."""
         if self.clock.now_ns >= self.next_host_task:
