@@ -23,6 +23,10 @@ from common.topology import PRESETS
 # of an otherwise idle host, queued every sysctl_stat_interval = HZ jiffies = 1 s (mm/vmstat.c, 4.20
 # and 6.12). What a busy host adds (kworkers, ksoftirqd, other tasks) has no published figure.
 HOST_LOAD = 1.0
+# How long one host task holds the pCPU. Unverified: no published run time of a per-CPU kworker
+# such as vmstat_update; a context switch each way (~2-4 us, Li, Ding and Shen, "Quantifying the
+# cost of context switch", ExpCS 2007) and a short work item.
+HOST_TASK_NS = 20_000
 DEFAULTS: dict = {
     "run": {"policies": ["always", "oncpu", "reuse", "deferred"], "pmis": 200, "seed": 1, "transport": "ipc",
             "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
@@ -115,8 +119,10 @@ def validate(cfg: dict, where: str) -> dict:
            "must be cluster or physical")
     topo = PRESETS[host["preset"]]
     _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
-    _check(type(host["host_load"]) in (int, float) and 0 <= host["host_load"] < 1e6, where,
-           "host.host_load", f"must be host tasks per second >= 0, got {host['host_load']!r}")
+    most = 0.5e9 / HOST_TASK_NS                  # host work takes at most half of each pCPU
+    _check(type(host["host_load"]) in (int, float) and 0 <= host["host_load"] <= most, where,
+           "host.host_load", f"must be host tasks per second from 0 to {most:g} (each holds the "
+           f"pCPU {HOST_TASK_NS // 1000} us), got {host['host_load']!r}")
     _int(host["perf_max_sample_rate"], where, "host.perf_max_sample_rate", 1)
     _int(run["max_modeled_ms"], where, "run.max_modeled_ms", 1)
     _int(vm["vcpus"], where, "vm.vcpus", 1, topo.ncpus)

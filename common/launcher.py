@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pin each vCPU thread to a core of this machine too")
     ap.add_argument("--host-load", type=float, metavar="RATE",
                     help="host tasks per second per pCPU that preempt the vCPU for "
-                    "20 us each, seeded (default 1: vmstat_update's 1 s interval)")
+                    f"{config.HOST_TASK_NS // 1000} us each, seeded (default "
+                    f"{config.HOST_LOAD:g}: vmstat_update's 1 s interval)")
     ap.add_argument("--perf-max-sample-rate", type=int, metavar="N",
                     help="the host's kernel.perf_event_max_sample_rate sysctl (default 100000): "
                     "throttles an event past DIV_ROUND_UP(N, HZ) overflows per tick")

@@ -22,6 +22,7 @@ import os
 import threading
 
 from common import logsetup, schema, transport
+from common.config import HOST_TASK_NS
 from common.topology import Topology
 import numpy as np
 
@@ -34,10 +35,6 @@ from kvm.pmu import KvmPmu
 
 log = logging.getLogger("kvm")
 TURN_TIMEOUT_S = 60.0              # a turn on a pCPU may wait for another task's time slice
-# How long one host task (--host-load) holds the pCPU. Unverified: no published run time of a
-# per-CPU kworker such as vmstat_update; a context switch pair (~2-4 us each way, Li, Ding and Shen,
-# "Quantifying the cost of context switch", ExpCS 2007) plus a short work item.
-HOST_TASK_NS = 20_000
 
 
 class VcpuTask:
@@ -51,7 +48,7 @@ class VcpuTask:
         self.next_tick = self.slice_ns           # modeled ns of the next host timer tick
         self.host_load = cfg["host"]["host_load"]
         self.load_rng = np.random.default_rng([cfg["run"]["seed"], index, 0x10AD])
-        self.next_host_task = self._host_task_after(0)
+        self.next_host_task = self._next_arrival(0)
         self.sched_in_hook = _has_sched_in_hook(policy)
         self.migrator = Migrator(cfg["vm"]["migrate"], pcpu, index, cfg["run"]["seed"], topo,
                                  cfg["host"]["busy_pcpus"], cfg["vm"]["migrations"],
@@ -101,7 +98,7 @@ class VcpuTask:
         task if the migration rule says so (some rules wait for an overflow since the exit's
         start: ``overflows_before`` is KVM's count of them then)."""
         if self.clock.now_ns >= self.next_host_task:
-            self.host_task()
+            self.host_work()
         if self.clock.now_ns >= self.next_tick:
             self.tick()
         overflowed = self.pmu.stats["overflows"] > overflows_before
@@ -119,14 +116,18 @@ class VcpuTask:
         while self.next_tick <= self.clock.now_ns:
             self.next_tick += self.slice_ns
 
-    def host_task(self) -> None:
-        """Host work wakes on the pCPU and preempts the vCPU task for HOST_TASK_NS."""
+    def host_work(self) -> None:
+        """The host tasks that have arrived preempt the vCPU task: it is switched out once, they
+        run back to back for HOST_TASK_NS each (those arriving meanwhile too), it runs again."""
         self.host.sched(schema.SchedOut())
-        self.clock.off_cpu(HOST_TASK_NS)
+        tasks = 0
+        while self.next_host_task <= self.clock.now_ns:
+            tasks += 1
+            self.clock.off_cpu(HOST_TASK_NS)
+            self.next_host_task = self._next_arrival(self.next_host_task)
         self.host.sched(schema.SchedIn(self.pcpu))
         self.switched_in()
-        self.next_host_task = self._host_task_after(self.clock.now_ns)
-        log.debug("preempted by host work for %d ns", HOST_TASK_NS)
+        log.info("preempted by %d host task(s) for %d us", tasks, tasks * HOST_TASK_NS // 1000)
 
     def switched_in(self) -> None:
         """Back on the pCPU after another task had it: a time slice given up, a schedule-in."""
@@ -139,11 +140,12 @@ class VcpuTask:
         if self.sched_in_hook:
             self.policy.sched_in(self.pmu)
 
-    def _host_task_after(self, now_ns: int) -> float:
-        """When the next host task arrives: exponential gaps at --host-load per second."""
+    def _next_arrival(self, last_ns: float) -> float:
+        """When the host task after the one of ``last_ns`` arrives: a Poisson process of
+        --host-load per second on the vCPU's clock (exponential gaps)."""
         if self.host_load <= 0:
             return float("inf")
-        return now_ns + self.load_rng.exponential(1e9 / self.host_load)
+        return last_ns + self.load_rng.exponential(1e9 / self.host_load)
 
     def cycles_to_slice_end(self) -> int:
         """Guest cycles until the next tick or host task (at least one): a bound of the entry's
