@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -44,13 +45,26 @@ def arg_parser(role: str) -> argparse.ArgumentParser:
 
 class Progress:
     """What this process has done, for its heartbeats: a count of steps (each exit a vCPU
-    thread serves or makes) that only grows, and the last step. The vCPU threads step it without
-    a lock: the launcher needs to see the count move, not an exact total."""
+    thread serves or makes) that only grows, the last step, and (the guest) the PMIs its handler
+    handled, for the launcher's progress display. The vCPU threads step it without a lock: the
+    launcher needs to see the counts move, not an exact total."""
 
     def __init__(self):
         self.count = 0
         self.doing = ""
+        self.run_began: int | None = None   # ``count`` when this run (policy) began (guest)
+        self.pmis = 0                   # PMIs handled in this run
         self.stall = False              # fault switch <role>_stall: stop at the first step
+
+    def new_run(self) -> None:
+        self.run_began, self.pmis = self.count, 0
+
+    def status(self) -> str:
+        """What a heartbeat says the process is doing: the last step and, in a process that
+        counts runs (the guest), the run's steps and PMIs so far (``run_of`` reads them back)."""
+        if self.run_began is None:
+            return self.doing
+        return f"{self.doing} [run: {self.count - self.run_began} steps, {self.pmis} PMIs handled]"
 
     def step(self, doing: str) -> None:
         self.count += 1
@@ -60,6 +74,14 @@ class Progress:
 
 
 PROGRESS = Progress()                   # this process's
+RUN_STATUS = re.compile(r" \[run: (\d+) steps, (\d+) PMIs handled\]$")
+
+
+def run_of(doing: str) -> tuple[int, int] | None:
+    """The steps and PMIs of the run under way that a heartbeat's ``doing`` carries
+    (Progress.status), or None."""
+    found = RUN_STATUS.search(doing)
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 class Process:
@@ -177,7 +199,7 @@ class Heartbeat(threading.Thread):
         try:
             while not self.stop.is_set():
                 if not self.silenced:
-                    self.chan.send(schema.Heartbeat(PROGRESS.count, PROGRESS.doing))
+                    self.chan.send(schema.Heartbeat(PROGRESS.count, PROGRESS.status()))
                 deadline = time.monotonic() + HEARTBEAT_S
                 while time.monotonic() < deadline and not self.stop.is_set():
                     try:

@@ -42,7 +42,7 @@ DEFAULTS: dict = {
     # how this launch is deployed rather than what it emulates (flags of the same names)
     "launch": {"out": "", "force": False, "external": [], "bind": "127.0.0.1", "host_addr": "",
                "kvm_addr": "", "insecure_tcp": False, "lost_after": 2.0, "stuck_after": 5.0,
-               "explain_costs": False},
+               "explain_costs": False, "plot": False, "quiet": False},
 }
 
 POLICIES = ("always", "oncpu", "reuse", "deferred")
@@ -188,7 +188,7 @@ def validate(cfg: dict, where: str) -> dict:
         "must be a list of roles among host, kvm, guest")
     for key in ("out", "bind", "host_addr", "kvm_addr"):
         _check(isinstance(launch[key], str), where, f"launch.{key}", "must be a string")
-    for key in ("insecure_tcp", "explain_costs", "force"):
+    for key in ("insecure_tcp", "explain_costs", "force", "plot", "quiet"):
         _check(type(launch[key]) is bool, where, f"launch.{key}", "must be true or false")
     for key in ("lost_after", "stuck_after"):
         _check(type(launch[key]) in (int, float) and launch[key] > 0, where, f"launch.{key}",

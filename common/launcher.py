@@ -31,7 +31,8 @@ import time
 
 import zmq
 
-from common import config, costs, kernels, logsetup, results, schema, security, transport
+from common import (config, costs, kernels, logsetup, plots, progress, report, results, schema,
+                    security, transport)
 from common.schema import MsgType
 from common.topology import PRESETS, preset
 from guest import program
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--explain-costs", action="store_true", default=None,
                     help="print the cost parameters, run (5 PMIs unless --pmis says otherwise) "
                     "and show which mechanisms each policy's kvm_pmu_handle_event time came from")
+    ap.add_argument("--plot", action="store_true", default=None,
+                    help="write PNG plots into the run directory and report.html (needs the "
+                    "plot extra, matplotlib; ./scripts/plot RUN_DIR makes them afterwards)")
+    ap.add_argument("--quiet", action="store_true", default=None,
+                    help="no progress display on the terminal (it is off anyway when the "
+                    "output is not a terminal)")
     ap.add_argument("--external", metavar="ROLE[,ROLE]",
                     help="do not start these processes (host, kvm, guest): print their command "
                     "lines and wait for them to connect, e.g. from other machines over tcp")
@@ -146,7 +153,7 @@ def resolve_config(args) -> tuple[dict, dict]:
     cfg = config.merge(cfg, scenario, args.scenario)
     flags: dict = {"run": {}, "host": {}, "vm": {}, "guest": {}, "costs": {}, "launch": {}}
     for key in ("out", "force", "bind", "host_addr", "kvm_addr", "insecure_tcp", "lost_after",
-                "stuck_after", "explain_costs"):
+                "stuck_after", "explain_costs", "plot", "quiet"):
         if getattr(args, key) is not None:
             flags["launch"][key] = getattr(args, key)
     if args.external is not None:
@@ -337,6 +344,7 @@ class Launcher:
                                             os.path.join(run_dir, f"{name}.log"))
         self.endpoints: dict[str, dict] = {}
         self.runs: list[dict] = []
+        self.display = progress.Display(quiet=opts["quiet"])
 
     # --- process lifecycle ------------------------------------------------------------------------
 
@@ -403,6 +411,8 @@ class Launcher:
         self.beats[name] = now
         if self.progress.get(name, (None,))[0] != beat.progress:
             self.progress[name] = (beat.progress, beat.doing, now)
+        if self.roles.get(name) == "guest":
+            self.display.beat(beat.doing)
 
     def watch(self, waiting_for: MsgType) -> None:
         """Heartbeats to every process; a process that died, went silent or, while a run is
@@ -455,6 +465,8 @@ class Launcher:
         self.configure("guest-vm0", run, cfg, {"vcpus": kvm_eps["vcpus"], "kvm": "kvm-vm0"})
         self.run_started = time.monotonic()
         self.control.send(schema.Start(run), b"guest-vm0")
+        self.display.start(policy, None if cfg["run"]["guest_program"]
+                           else cfg["run"]["pmis"] * cfg["vm"]["vcpus"])
         try:
             reason = self.expect(MsgType.DONE, {"guest-vm0"},
                                  self.cfg["run"]["timeout_s"])[1].body.reason
@@ -468,6 +480,10 @@ class Launcher:
                                        reports["host"], by_kind(schema.KvmReport),
                                        by_kind(schema.GuestReport), wall, reason)
         run_result["incomplete"] = results.incomplete(run_result, self.cfg)
+        run_result["handle_event"]["distribution"] = results.distribution(
+            by_kind(schema.KvmReport))
+        self.display.done(run_result["pmis"]["handled"], run_result["exits"]["total"],
+                          time.monotonic() - self.run_started)
         self.runs.append(run_result)
         if reason == "interrupted":
             raise KeyboardInterrupt
@@ -641,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"launch: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    if cfg["launch"]["plot"] and plots.missing():
+        print(f"launch: --plot: {plots.missing()}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         run_dir = new_run_dir(cfg["launch"]["out"], cfg["launch"]["force"])
         write_atomic(os.path.join(run_dir, "config.toml"), replay_config(cfg, derived))
@@ -691,6 +710,10 @@ def launch(cfg: dict, derived: dict, run_dir: str, made_by: dict) -> int:
                                                   failed=code == EXIT_ERROR)
         outcome["launcher_protocol_errors"] = dict(launcher.errors.counts)
         write_atomic(os.path.join(run_dir, "results.json"), json.dumps(outcome, indent=1))
+        launcher.display.close()
+    if cfg["launch"]["plot"]:
+        plots.plot_run(outcome, run_dir)
+    page = report.write(run_dir, outcome)
     if outcome["runs"]:
         say()
         say(results.table(outcome["runs"]))
@@ -712,7 +735,7 @@ def launch(cfg: dict, derived: dict, run_dir: str, made_by: dict) -> int:
         code = EXIT_CHECK_FAILED
     if code == EXIT_OK and short:
         code = EXIT_INCOMPLETE
-    say(f"\nresults: {os.path.join(run_dir, 'results.json')}")
+    say(f"\nreport: {page}\nresults: {os.path.join(run_dir, 'results.json')}")
     return code
 
 

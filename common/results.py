@@ -121,6 +121,26 @@ def with_band(parts: list[schema.SampleSet], counts: dict, low: dict, high: dict
     return dict(out, band=[lo + extra, hi + extra])
 
 
+DISTRIBUTION_POINTS = 500
+
+
+def distribution(kvm: list[schema.KvmReport]) -> dict:
+    """kvm_pmu_handle_event's measured and modeled samples of every vCPU (their reservoirs,
+    common/stats.py), for the plots: sorted, at most DISTRIBUTION_POINTS of them, taken at evenly
+    spaced ranks, so that the shape (a deferred policy's rare costly call, a one-time cost)
+    survives in a results.json that stays small however long the run. The same seed gives the
+    same points for ``modeled_ns``."""
+    def points(key: str) -> list[float]:
+        pool = sorted(x for r in kvm for v in r.vcpus
+                      for x in getattr(v.handle_event, key).reservoir)
+        if len(pool) <= DISTRIBUTION_POINTS:
+            return pool
+        last = len(pool) - 1
+        return [pool[round(i * last / (DISTRIBUTION_POINTS - 1))]
+                for i in range(DISTRIBUTION_POINTS)]
+    return {"measured_ns": points("measured_ns"), "modeled_ns": points("modeled_ns")}
+
+
 def incomplete(run: dict, cfg: dict) -> str | None:
     """One line when a vCPU of ``run`` stopped short of its target (a budget, a failure): its
     column then holds less work than the others. None when every vCPU did all its work."""
@@ -264,8 +284,8 @@ def fmt_band(m: dict) -> str:
     return f"{fmt_ns(m['mean'])} ({fmt_ns(lo)}–{fmt_ns(hi)})"
 
 
-def table(runs: list[dict]) -> str:
-    """The side-by-side comparison a run prints."""
+def table_rows(runs: list[dict]) -> list[tuple[str, list[str]]]:
+    """The comparison's rows: each a name and one cell per run (policy)."""
     def he(r, key, stat):
         return r["handle_event"][key][stat]
 
@@ -312,10 +332,16 @@ def table(runs: list[dict]) -> str:
         ("stop reason", lambda r: r["stop_reason"]),
         ("wall time", lambda r: f"{r['wall_s']:.2f} s"),
     ]
+    return [(name, [fn(r) for r in runs]) for name, fn in rows]
+
+
+def table(runs: list[dict]) -> str:
+    """The side-by-side comparison a run prints."""
+    rows = table_rows(runs)
     width = max(len(name) for name, _ in rows) + 2
-    cols = [[fn(r) for _, fn in rows] for r in runs]
-    colw = [max(len(r["policy"]), *(len(c) for c in col)) + 2 for r, col in zip(runs, cols)]
+    colw = [max(len(r["policy"]), *(len(cells[i]) for _, cells in rows)) + 2
+            for i, r in enumerate(runs)]
     out = ["".ljust(width) + "".join(r["policy"].rjust(w) for r, w in zip(runs, colw))]
-    for i, (name, _) in enumerate(rows):
-        out.append(name.ljust(width) + "".join(col[i].rjust(w) for col, w in zip(cols, colw)))
+    for name, cells in rows:
+        out.append(name.ljust(width) + "".join(c.rjust(w) for c, w in zip(cells, colw)))
     return "\n".join(out)

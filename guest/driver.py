@@ -13,6 +13,7 @@ import dataclasses
 import logging
 
 from common import msr, schema
+from common.child import PROGRESS
 from guest.cpu import GuestCpu
 
 log = logging.getLogger("guest")
@@ -200,6 +201,7 @@ class PerfDriver:
         status = cpu.rdmsr(msr.MSR_CORE_PERF_GLOBAL_STATUS)
         if status:
             self.handled += 1
+            PROGRESS.pmis += 1
         loops = 0
         while status:
             loops += 1

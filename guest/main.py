@@ -155,6 +155,7 @@ class Guest:
     def configure(self, run: int, cfg: dict, peers: dict) -> None:
         self.stop()
         self.run, self.finished = run, set()
+        child.PROGRESS.new_run()                # the progress display counts per policy
         self.go = threading.Event()
         eps = peers["vcpus"]
         rngs = streams(cfg["run"]["seed"], len(eps))
