@@ -21,11 +21,11 @@ import logging
 import os
 import threading
 
+import numpy as np
+
 from common import logsetup, schema, transport
 from common.config import HOST_TASK_NS
 from common.topology import Topology
-import numpy as np
-
 from kvm.clock import VcpuClock
 from kvm.generations import GENERATIONS
 from kvm.hostlink import HostLink
