@@ -12,19 +12,28 @@ import os
 import re
 import tomllib
 
-from common import costs, kernels, msr
+from common import costs, kernels, msr, throttle
 from common.topology import PRESETS
 
 # The seed scenario (shared/reference/seed-rfc-patch.txt): a 4-socket Skylake-SP host with the NMI
 # watchdog off, one VM with one vCPU, the guest sampling instructions on GP counter 0 with a fixed
 # period. 10,000,000 instructions at the compute profile's IPC of ~2 on 2.5 GHz is ~2 ms of guest
 # time between PMIs.
+# Host tasks per second per pCPU that preempt a vCPU (--host-load): the per-CPU vmstat_update work
+# of an otherwise idle host, queued every sysctl_stat_interval = HZ jiffies = 1 s (mm/vmstat.c, 4.20
+# and 6.12). What a busy host adds (kworkers, ksoftirqd, other tasks) has no published figure.
+HOST_LOAD = 1.0
+# How long one host task holds the pCPU. Unverified: no published run time of a per-CPU kworker
+# such as vmstat_update; a context switch each way (~2-4 us, Li, Ding and Shen, "Quantifying the
+# cost of context switch", ExpCS 2007) and a short work item.
+HOST_TASK_NS = 20_000
 DEFAULTS: dict = {
     "run": {"policies": ["always", "oncpu", "reuse", "deferred"], "pmis": 200, "seed": 1, "transport": "ipc",
             "max_exits": 1_000_000, "max_modeled_ms": 60_000, "timeout_s": 300,
             "guest_program": "", "strict": False},
     "host": {"preset": "skx-4s", "watchdog": False, "host_pinned": 0, "busy_pcpus": [],
-             "event_binding": "task", "kernel": kernels.DEFAULT, "x2apic": "cluster"},
+             "event_binding": "task", "kernel": kernels.DEFAULT, "x2apic": "cluster",
+             "host_load": HOST_LOAD, "perf_max_sample_rate": throttle.DEFAULT_MAX_SAMPLE_RATE},
     "vm": {"vcpus": 1, "pin": "compact", "timeslice_ms": 4, "real_affinity": True,
            "migrate": "none", "migrations": []},
     "guest": {"workload": "compute", "event": "instructions", "period": 10_000_000,
@@ -110,6 +119,11 @@ def validate(cfg: dict, where: str) -> dict:
            "must be cluster or physical")
     topo = PRESETS[host["preset"]]
     _int(host["host_pinned"], where, "host.host_pinned", 0, topo.gp_counters)
+    most = 0.5e9 / HOST_TASK_NS                  # host work takes at most half of each pCPU
+    _check(type(host["host_load"]) in (int, float) and 0 <= host["host_load"] <= most, where,
+           "host.host_load", f"must be host tasks per second from 0 to {most:g} (each holds the "
+           f"pCPU {HOST_TASK_NS // 1000} us), got {host['host_load']!r}")
+    _int(host["perf_max_sample_rate"], where, "host.perf_max_sample_rate", 1)
     _int(run["max_modeled_ms"], where, "run.max_modeled_ms", 1)
     _int(vm["vcpus"], where, "vm.vcpus", 1, topo.ncpus)
     _int(vm["timeslice_ms"], where, "vm.timeslice_ms", 1)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from common import throttle
+
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
@@ -31,6 +33,12 @@ class Kernel:
     # text_poke_bp() (three on_each_cpu(do_sync_core) each); 5.4 and 6.12 queue every site of a
     # key and patch them with one text_poke_bp_batch() (three syncs for the batch).
     jump_label_batch: bool
+
+    @property
+    def throttle_above_limit(self) -> bool:
+        """__perf_event_account_interrupt's comparison: '>' from 6.4 (common/throttle.py)."""
+        major, minor = self.release.split(".")
+        return throttle.above_limit((int(major), int(minor)))
 
 
 KERNELS = {

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pmis", type=int, help="stop each vCPU after N PMIs handled by the guest")
     ap.add_argument("--vcpus", type=int, help="vCPUs of the VM")
     ap.add_argument("--timeslice-ms", type=int,
-                    help="modeled time slice after which a vCPU task is scheduled out and in")
+                    help="modeled host timer tick (1000/HZ ms; default 4 = HZ 250): the vCPU exits "
+                    "to the host, and is switched out only if another task waits for its pCPU")
     ap.add_argument("--period", type=int, help="sample period of the guest's perf record -c")
     ap.add_argument("--event", help="event the guest samples (instructions, cycles, ...)")
     ap.add_argument("--workload", help="guest workload profile: compute, branchy, memory")
@@ -100,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pin", help="pCPUs of the vCPUs, comma-separated, or compact / spread")
     ap.add_argument("--real-affinity", choices=("on", "off"),
                     help="pin each vCPU thread to a core of this machine too")
+    ap.add_argument("--host-load", type=float, metavar="RATE",
+                    help="host tasks per second per pCPU that preempt the vCPU for "
+                    f"{config.HOST_TASK_NS // 1000} us each, seeded (default "
+                    f"{config.HOST_LOAD:g}: vmstat_update's 1 s interval)")
+    ap.add_argument("--perf-max-sample-rate", type=int, metavar="N",
+                    help="the host's kernel.perf_event_max_sample_rate sysctl (default 100000): "
+                    "throttles an event past DIV_ROUND_UP(N, HZ) overflows per tick")
     ap.add_argument("--host-pinned", type=int,
                     help="host pinned events per pCPU competing for GP counters")
     ap.add_argument("--scenario", help="TOML scenario file (flags override it)")
@@ -168,7 +176,8 @@ def resolve_config(args) -> tuple[dict, dict]:
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
     for key, section in (("max_modeled_ms", "run"), ("migrate", "vm"), ("kernel", "host"),
-                         ("x2apic", "host"), ("event_binding", "host"), ("host_pinned", "host")):
+                         ("x2apic", "host"), ("event_binding", "host"), ("host_pinned", "host"),
+                         ("host_load", "host"), ("perf_max_sample_rate", "host")):
         if getattr(args, key) is not None:
             flags[section][key] = getattr(args, key)
     if args.pin:
@@ -247,6 +256,7 @@ def default_budgets(cfg: dict) -> dict:
                           + ticking * guest_ms * RESERVATIONS_PER_GUEST_MS)
     exits = (cfg["run"]["pmis"] * (EXITS_PER_PMI[0] + EXITS_PER_PMI[1] * events)
              + guest_ms / cfg["vm"]["timeslice_ms"]
+             + cfg["host"]["host_load"] * (guest_ms + host_ms) / 1000    # host tasks' exits
              + ticking * guest_ms * (EXITS_PER_TICK[0] + EXITS_PER_TICK[1] * events))
     return {"max_modeled_ms": math.ceil(guest_ms + host_ms),
             "max_exits": math.ceil(EXIT_SLACK * exits)}

@@ -9,10 +9,11 @@ from common.stats import summary
 from common.topology import preset
 
 # What the oracle found that a release really did, not a fault of the emulated path: a counter
-# the host could not give a hardware counter (see classify), trapped instructions a release
+# the host could not give a hardware counter or throttled (see classify), trapped instructions a release
 # before 5.17 does not count, a fixed-counter write 4.20 sign-extends (guest/oracle.py). They go
 # to invariants.deviations and fail a run only under --strict.
-DEVIATIONS = ("counter_unavailable", msr.UNCOUNTED_TRAPPED, msr.FIXED_WRITE_SIGN_EXTENDED)
+DEVIATIONS = ("counter_unavailable", "counter_throttled", msr.UNCOUNTED_TRAPPED,
+              msr.FIXED_WRITE_SIGN_EXTENDED)
 SHOW_PER_KIND = 5
 TARGETS = ("pmis", "program_done")          # how a vCPU's run ends when it did all its work
 OWN_LINES = ("program_error", "interrupted")   # ends that are reported (and exit) otherwise
@@ -49,7 +50,7 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
     he_counts = add_counts(v.handle_event.ledger for v in kv)
     exits = add_counts(v.exits for v in kv)
     migrations = add_counts(v.migrations for v in kv)
-    violations, deviations = classify(guests, host.unavailable)
+    violations, deviations = classify(guests, host.unavailable, host.throttled_lost)
     total_ns = sum(v.modeled_total_ns for v in kv)
     guest_ns = sum(v.modeled_guest_ns for v in kv)
     other_ns = sum(v.modeled_other_exits_ns for v in kv)
@@ -111,7 +112,8 @@ def build_run(policy: str, cfg: dict, topo, host: schema.HostReport,
         "host_perf": {"refcount_crossings": host.refcount_crossings,
                       "static_key": host.static_key, "overflows": host.overflows,
                       "pinned_errors": host.pinned_errors, "pmc_refcount": host.pmc_refcount,
-                      "run_queue_waits": host.run_queue_waits, "unavailable": host.unavailable},
+                      "run_queue_waits": host.run_queue_waits, "unavailable": host.unavailable,
+                      "throttled": dict(host.throttled, lost=host.throttled_lost)},
         "modeled_guest_ns": guest_ns, "modeled_total_ns": total_ns,
         # shares of the vCPUs' modeled time: the vPMU's (its exits, KVM's emulation and PMI
         # delivery, host perf) and that of the exits it does not cause (their VM transitions)
@@ -167,19 +169,24 @@ def incomplete(run: dict, cfg: dict) -> str | None:
     return f"INCOMPLETE [{run['policy']}] stopped before its target, {done}: {why}"
 
 
-def classify(guests: list[schema.GuestReport], unavailable: dict) -> tuple[list[dict], list[dict]]:
+def classify(guests: list[schema.GuestReport], unavailable: dict,
+             throttled: dict) -> tuple[list[dict], list[dict]]:
     """The oracle's findings split into violations and deviations (``DEVIATIONS``), with the
-    violations the host explains relabelled ``counter_unavailable``.
+    violations the host explains relabelled ``counter_unavailable`` or, where host perf had
+    throttled the counter's event, ``counter_throttled``.
 
     The oracle knows only what the guest did. When a counter's shortfall adds up exactly to the
-    events the host saw retire while that counter's event could not get a hardware counter (the
-    error state) — with or without the trapped instructions the oracle counted in it, which a
-    release before 5.17 does not count — the shortfall and the PMIs it cost are the hardware's
-    doing, not a fault of the emulated path; anything else stays as the oracle reported it."""
+    events the host saw retire while that counter's event could not count them — it had no
+    hardware counter (the error state) or was throttled — with or without the trapped
+    instructions the oracle counted in it, which a release before 5.17 does not count, the
+    shortfall and the PMIs it cost are the host's doing, not a fault of the emulated path;
+    anything else stays as the oracle reported it."""
     out = []
     for g in guests:
         for v in g.vcpus:
-            lost = unavailable.get(f"{g.vm}/vcpu{v.vcpu}", {})
+            task = f"{g.vm}/vcpu{v.vcpu}"
+            cut = throttled.get(task, {})
+            lost = add_counts([unavailable.get(task, {}), cut])
             deficits, trapped = collections.Counter(), collections.Counter()
             for x in v.violations:
                 if x.kind == "count_mismatch":
@@ -191,8 +198,9 @@ def classify(guests: list[schema.GuestReport], unavailable: dict) -> tuple[list[
             for x in v.violations:
                 if x.counter in explained and x.kind in ("count_mismatch", "missing_pmi",
                                                          "late_pmi"):
-                    x = dataclasses.replace(x, kind="counter_unavailable",
-                                            detail=f"{x.kind}: {x.detail}")
+                    kind = "counter_throttled" if cut.get(str(x.counter)) else \
+                        "counter_unavailable"
+                    x = dataclasses.replace(x, kind=kind, detail=f"{x.kind}: {x.detail}")
                 out.append(dataclasses.asdict(x))
     return ([x for x in out if x["kind"] not in DEVIATIONS],
             [x for x in out if x["kind"] in DEVIATIONS])

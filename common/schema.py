@@ -264,8 +264,22 @@ class Migrate:
     cpu: int
 
 
-SchedOp = SchedIn | SchedOut | Migrate
-SCHED_OPS: dict[str, type] = {"sched_in": SchedIn, "sched_out": SchedOut, "migrate": Migrate}
+@dataclasses.dataclass
+class Tick:
+    """The host timer tick on ``cpu``, the task's pCPU: perf's tick work, then a switch to the next
+    task only if another one waits for the pCPU (the reply comes when the task runs again)."""
+    cpu: int
+
+
+@dataclasses.dataclass
+class Ticked:
+    """Whether the tick switched the task out (and so its return was a schedule-in)."""
+    switched: bool
+
+
+SchedOp = SchedIn | SchedOut | Migrate | Tick
+SCHED_OPS: dict[str, type] = {"sched_in": SchedIn, "sched_out": SchedOut, "migrate": Migrate,
+                              "tick": Tick}
 OP_NAME: dict[type, str] = {cls: name for name, cls in {**PERF_API, **SCHED_OPS}.items()}
 
 
@@ -308,7 +322,7 @@ class HostReply:
     the task's counters overflows."""
     id: int
     ok: bool
-    result: Created | Count | ReadValue | None
+    result: Created | Count | ReadValue | Ticked | None
     cost_ns: int                   # modeled host nanoseconds of this request
     ledger: dict                   # cost parameter name -> times charged in this request
     budget: dict                   # event kind -> events that may retire before the next overflow
@@ -406,6 +420,8 @@ class HostReport:
     run_queue_waits: int           # tasks that waited for their pCPU
     pcpu_modeled_ns: dict          # pCPU (str) -> modeled ns it spent, guest and host
     unavailable: dict              # task -> pmc index (str) -> events lost in the error state
+    throttled: dict                # "throttle" / "unthrottle": __perf_event_account_interrupt's
+    throttled_lost: dict           # task -> pmc index (str) -> events lost while throttled
     protocol_errors: dict          # kind -> bad frames received
 
 

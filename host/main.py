@@ -7,7 +7,7 @@ import sys
 
 import zmq
 
-from common import costs, msr, schema, child, transport
+from common import costs, msr, schema, child, throttle, transport
 from common.costs import Ledger
 from common.schema import MsgType
 from common.stats import Samples
@@ -42,7 +42,8 @@ class HostServer:
         self.policy = cfg["policy"]
         self.perf = HostPerf(self.topo, host["watchdog"], host["host_pinned"],
                              tuple(host["busy_pcpus"]), host["event_binding"], host["kernel"],
-                             host["x2apic"])
+                             host["x2apic"], throttle.hz_of_tick(cfg["vm"]["timeslice_ms"]),
+                             host["perf_max_sample_rate"])
         self.waiting: dict[int, list] = collections.defaultdict(list)   # pCPU run queues
         self.params = costs.resolve(cfg["costs"], self.topo)
         # per perf call kind: modeled ns of each call (mid values) and the counts they charged
@@ -51,8 +52,9 @@ class HostServer:
         self.chan.seq = schema.SeqCounter()
         self.links = set()
         log.info("configured %s, host kernel %s, x2APIC %s, watchdog %s, %d host pinned events "
-                 "per pCPU", self.topo.describe(), host["kernel"], host["x2apic"],
-                 "on" if host["watchdog"] else "off", host["host_pinned"])
+                 "per pCPU, perf throttles past %d overflows per tick", self.topo.describe(),
+                 host["kernel"], host["x2apic"], "on" if host["watchdog"] else "off",
+                 host["host_pinned"], self.perf.max_samples_per_tick)
 
     def handle(self) -> None:
         try:
@@ -92,7 +94,9 @@ class HostServer:
         ledger = Ledger()
         op = None if isinstance(req, schema.Account) else req.op
         cpu = op.cpu if isinstance(op, (schema.SchedIn, schema.Migrate)) else -1
-        if 0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
+        if isinstance(op, schema.Tick) and 0 <= op.cpu < self.topo.ncpus:
+            self.tick(peer, req, ledger)
+        elif 0 <= cpu < self.topo.ncpus and not perf.cpu_free_for(owner, cpu):
             if perf.task(owner).cpu != -1:
                 perf.sched_out(owner, ledger)         # off the old pCPU while it waits
             log.debug("%s waits for pCPU %d, which runs %s", owner, cpu, perf.current[cpu])
@@ -101,6 +105,23 @@ class HostServer:
         else:
             self.complete(peer, req, ledger)
         self.wake_waiters()
+
+    def tick(self, peer: bytes, req: schema.Sched, ledger: Ledger) -> None:
+        """scheduler_tick on the task's pCPU: perf_event_task_tick, then the fair class's tick,
+        which reschedules only when another task is runnable there (4.20 entity_tick calls
+        check_preempt_tick only ``if (cfs_rq->nr_running > 1)``; 6.12 update_curr returns
+        ``if (cfs_rq->nr_running == 1)``). A switch puts the task behind the waiting ones; its
+        reply comes when it runs again (``schema.Ticked``, completed by HostPerf.tick_done)."""
+        owner, cpu = peer.decode(errors="replace"), req.op.cpu
+        self.perf.tick(cpu)
+        if self.waiting[cpu] and self.perf.current.get(cpu) == owner:
+            self.perf.sched_out(owner, ledger)
+            self.perf.stats["run_queue_waits"] += 1
+            log.debug("%s switched out at a tick for %s", owner,
+                      self.waiting[cpu][0][0].decode(errors="replace"))
+            self.waiting[cpu].append((peer, req, ledger))
+        else:
+            self.complete(peer, req, ledger)
 
     def wake_waiters(self) -> None:
         """Run the next waiting task on every pCPU that its current task left."""
@@ -143,9 +164,14 @@ class HostServer:
                         for op, (samples, counts) in sorted(self.op_costs.items())},
             pmc_refcount=perf.pmc_refcount, **perf.stats,
             pcpu_modeled_ns={str(c): ns for c, ns in sorted(perf.pcpu_clock.items())},
-            unavailable={task: {str(ctx): n for ctx, n in lost.items()}
-                         for task, lost in perf.unavailable.items()},
+            unavailable=by_context(perf.unavailable),
+            throttled_lost=by_context(perf.throttled_lost),
             protocol_errors=dict(self.errors.counts))
+
+
+def by_context(lost: dict) -> dict:
+    """task -> pmc context -> events, with the contexts as strings (msgpack map keys)."""
+    return {task: {str(ctx): n for ctx, n in per.items()} for task, per in lost.items()}
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,11 @@ What is modeled, each charged to a cost ledger as the kernel would spend it
 - ``pmc_refcount``: the first x86 event reserves the PMU and sets up the debug store on every
   possible CPU, the last one tears it down (host/debug_store.py, host/smp.py, host/tlb.py);
 - the ``perf_sched_events`` static key: enabled on the first task event with a grace period,
-  its disable deferred by one second of modeled time (host/static_key.py).
+  its disable deferred by one second of modeled time (host/static_key.py);
+- interrupt throttling (common/throttle.py): overflows counted per event per tick of its pCPU,
+  the event stopped at the limit and started again by the next tick
+  (``perf_adjust_freq_unthr_context``), a schedule-in (``event_sched_in``) or a new period
+  (``__perf_event_period``), whichever comes first; what it misses meanwhile is lost.
 The costs follow the host kernel release's code (common/kernels.py) from the caller's pCPU.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ import dataclasses
 
 from fractions import Fraction
 
-from common import cmask, kernels, msr, schema
+from common import cmask, kernels, msr, schema, throttle
 from common.costs import Ledger
 from common.topology import Topology
 from host.cpu_hw_events import CpuHwEvents
@@ -55,6 +59,9 @@ class PerfEvent:
     time_running: int = 0
     filter: cmask.Filter | None = None   # EDGE/INV/CMASK: counts cycles, not events
     gp_encoding: bool = False  # a GP event select (cpu_hw_events.py: 0x013C is no fixed event)
+    interrupts: int = 0        # hwc->interrupts: overflows in the tick ``interrupts_seq``
+    interrupts_seq: int = 0
+    throttled: bool = False    # hwc->interrupts == MAX_INTERRUPTS: its counter is stopped
 
     @property
     def armed_period(self) -> int:
@@ -75,9 +82,15 @@ class Task:
 class HostPerf:
     def __init__(self, topo: Topology, watchdog: bool, host_pinned: int = 0,
                  busy_pcpus: tuple[int, ...] = (), event_binding: str = "task",
-                 kernel: str = kernels.DEFAULT, x2apic: str = "cluster"):
+                 kernel: str = kernels.DEFAULT, x2apic: str = "cluster", hz: int = 250,
+                 max_sample_rate: int = throttle.DEFAULT_MAX_SAMPLE_RATE):
         self.topo = topo
         self.smp = Smp(topo, kernels.kernel(kernel), x2apic)
+        self.max_samples_per_tick = throttle.max_samples_per_tick(hz, max_sample_rate)
+        self.throttle_above_limit = kernels.kernel(kernel).throttle_above_limit
+        # perf_throttled_seq of each pCPU (booted: it has ticked) and perf_throttled_count
+        self.tick_seq = [1] * topo.ncpus
+        self.throttled_count = [0] * topo.ncpus
         self.debug_store = DebugStore(self.smp)
         self.sched_key = PerfSchedEvents(self.smp)
         self.cpuc = [CpuHwEvents(c, topo.gp_counters, topo.fixed_counters)
@@ -91,10 +104,12 @@ class HostPerf:
         self.event_binding = event_binding
         self.current: dict[int, str] = {}        # pCPU -> the task running there
         self.unavailable: dict[str, dict[int, int]] = {}  # task -> pmc context -> events lost
+        self.throttled_lost: dict[str, dict[int, int]] = {}   # the same, lost while throttled
         self.stats = {"refcount_crossings": {"reserve": 0, "release": 0},
                       "static_key": self.sched_key.stats,
                       "overflows": 0, "overflows_to_owner": 0, "sched_in_other_cpu": 0,
-                      "pinned_errors": 0, "run_queue_waits": 0}
+                      "pinned_errors": 0, "run_queue_waits": 0,
+                      "throttled": {"throttle": 0, "unthrottle": 0}}
         # Boot-time host users, placed before any task can run: not charged to anyone.
         for cpu in range(topo.ncpus):
             if watchdog:
@@ -162,6 +177,14 @@ class HostPerf:
         for ev in task.events:
             self._event_sched_in(ev, ledger)
 
+    def tick_done(self, name: str, cpu: int, ledger: Ledger) -> schema.Ticked:
+        """The end of the task's tick (host/main.py HostServer.tick): a task switched out there
+        runs again now."""
+        if self.task(name).cpu != -1:
+            return schema.Ticked(False)
+        self.sched_in(name, cpu, ledger)
+        return schema.Ticked(True)
+
     def sched_out(self, name: str, ledger: Ledger) -> None:
         task = self.task(name)
         for ev in task.events:
@@ -175,6 +198,7 @@ class HostPerf:
         cpu = ev.cpu if ev.cpu != -1 else self.tasks[ev.task].cpu
         if cpu == -1 or not ev.enabled or ev.error or ev.slot is not None:
             return
+        self._unthrottle(ev)             # event_sched_in: "we might have missed several ticks"
         ledger.charge("x86_counter_schedule")
         ev.slot = self.cpuc[cpu].assign(ev)
         if ev.slot is None:
@@ -272,6 +296,7 @@ class HostPerf:
             raise PerfError(f"period {period!r} rejected for event {handle}")
         ev.sample_period = period
         if ev.slot is not None:          # an active event is stopped and restarted in place
+            self._unthrottle(ev)         # "We could be throttled; unthrottle now"
             ledger.charge("local_function_call")
             ledger.charge("pmu_wrmsr", 3)
         ev.period_left = ev.armed_period
@@ -318,13 +343,15 @@ class HostPerf:
             if not ev.counts(cpl):
                 continue
             if ev.oncpu != task.cpu or task.cpu == -1:
-                if ev.enabled and ev.error and retired.get(ev.kind, 0) > 0:
-                    lost = self.unavailable.setdefault(name, {})
-                    lost[ev.context] = lost.get(ev.context, 0) + retired[ev.kind]
+                if ev.enabled and ev.error:
+                    self._lose(self.unavailable, name, ev, retired.get(ev.kind, 0))
                 continue
-            ev.time_running += cycles
+            ev.time_running += cycles    # a throttled event stays active, its counter stopped
             n = self.increments(ev, retired, stretches)
             if n <= 0:
+                continue
+            if ev.throttled:
+                self._lose(self.throttled_lost, name, ev, n)
                 continue
             ev.count += n
             ev.period_left -= n
@@ -335,6 +362,13 @@ class HostPerf:
         return overflowed
 
     @staticmethod
+    def _lose(where: dict, name: str, ev: PerfEvent, n: int) -> None:
+        """Events that retired while ``ev`` could not count them."""
+        if n > 0:
+            lost = where.setdefault(name, {})
+            lost[ev.context] = lost.get(ev.context, 0) + n
+
+    @staticmethod
     def increments(ev: PerfEvent, retired: dict, stretches: list[schema.Stretch]) -> int:
         if ev.filter is None:
             return retired.get(ev.kind, 0)
@@ -342,8 +376,11 @@ class HostPerf:
                                Fraction(*s.y1), False)[0] for s in stretches)
 
     def _host_pmi(self, ev: PerfEvent) -> None:
-        """intel_pmu_handle_irq for one counter: update the count (done), re-arm the period."""
+        """intel_pmu_handle_irq for one counter: update the count (done), re-arm the period,
+        then perf_event_overflow, whose interrupt accounting may throttle the event (its
+        overflow handler, KVM's, still runs: it is called after the accounting)."""
         self.stats["overflows"] += 1
+        self._account_interrupt(ev)
         period, left = ev.armed_period, ev.period_left
         if left <= -period:
             left = period
@@ -353,12 +390,43 @@ class HostPerf:
         if ev.sample_period:
             self.stats["overflows_to_owner"] += 1
 
+    def _account_interrupt(self, ev: PerfEvent) -> None:
+        """__perf_event_account_interrupt(event, throttle=1) on the event's pCPU; a throttled
+        event's counter is stopped (x86_pmu_stop) until something unthrottles it."""
+        seq = self.tick_seq[ev.oncpu]
+        if ev.interrupts_seq != seq:
+            ev.interrupts_seq, ev.interrupts = seq, 1
+            return
+        ev.interrupts += 1
+        if throttle.throttles(self.throttle_above_limit, ev.interrupts, self.max_samples_per_tick):
+            ev.throttled = True
+            self.throttled_count[ev.oncpu] += 1
+            self.stats["throttled"]["throttle"] += 1
+
+    def _unthrottle(self, ev: PerfEvent) -> None:
+        if ev.throttled:
+            ev.throttled, ev.interrupts = False, 0
+            self.stats["throttled"]["unthrottle"] += 1
+
+    def tick(self, cpu: int) -> None:
+        """perf_event_task_tick on ``cpu``: a new perf_throttled_seq, and if an event was throttled
+        there since the last tick, perf_adjust_freq_unthr_context starts the active events of
+        the CPU's context and of the task running there again."""
+        self.tick_seq[cpu] += 1
+        throttled, self.throttled_count[cpu] = self.throttled_count[cpu], 0
+        if not throttled:
+            return
+        for ev in self.events.values():     # a task's events hold a counter only while it runs
+            if ev.slot is not None and ev.oncpu == cpu:
+                self._unthrottle(ev)
+
     def budget(self, name: str) -> dict[str, int]:
         """Events of each kind that may retire on the task's pCPU before a counter overflows."""
         out: dict[str, int] = {}
         task = self.task(name)
         for ev in task.events:
-            if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is None:
+            if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is None \
+                    and not ev.throttled:
                 out[ev.kind] = min(out.get(ev.kind, ev.period_left), ev.period_left)
         return out
 
@@ -366,7 +434,8 @@ class HostPerf:
         """The same for EDGE/INV/CMASK events, in increments of their condition."""
         task = self.task(name)
         return [schema.FilteredBudget(ev.kind, ev.filter, ev.period_left) for ev in task.events
-                if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is not None]
+                if ev.slot is not None and ev.oncpu == task.cpu and ev.filter is not None
+                and not ev.throttled]
 
     def oncpu_changes(self, name: str) -> list[PerfEvent]:
         """The task's events whose ``oncpu`` changed since their owner last heard of it; from
@@ -442,5 +511,6 @@ CALLS = {
     schema.SchedIn: lambda perf, owner, op, ledger: perf.sched_in(owner, op.cpu, ledger),
     schema.SchedOut: lambda perf, owner, op, ledger: perf.sched_out(owner, ledger),
     schema.Migrate: lambda perf, owner, op, ledger: perf.migrate(owner, op.cpu, ledger),
+    schema.Tick: lambda perf, owner, op, ledger: perf.tick_done(owner, op.cpu, ledger),
 }
 assert set(CALLS) == set(schema.OP_NAME)

@@ -14,13 +14,11 @@ from __future__ import annotations
 import dataclasses
 from types import MappingProxyType
 
-from common import msr
+from common import msr, throttle
 
 Release = tuple[int, int]
 
 PERF_CAP_FW_WRITES = 1 << 13                # IA32_PERF_CAPABILITIES.FW_WRITE (PMU_CAP_FW_WRITES)
-DEFAULT_MAX_SAMPLE_RATE = 100_000           # kernel/events/core.c DEFAULT_MAX_SAMPLE_RATE
-DEFAULT_CPU_TIME_MAX_PERCENT = 25           # kernel/events/core.c DEFAULT_CPU_TIME_MAX_PERCENT
 
 
 def parse_release(text: str) -> Release:
@@ -103,7 +101,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("emulated_overflow_deferred", (6, 2), "de0f619564f4",
             "KVM: x86/pmu: Defer counter emulated overflow via pmc->prev_counter",
             "kvm_pmu_incr_counter, reprogram_counter", "arch/x86/kvm/pmu.c", False),
-    Feature("throttle_above_limit", (6, 4), "15def34e2635",
+    Feature("throttle_above_limit", throttle.ABOVE_LIMIT_SINCE, "15def34e2635",
             "perf/core: Fix hardlockup failure caused by perf throttle",
             "__perf_event_account_interrupt", "kernel/events/core.c", False,
             note="'>=' in 4.20 and 5.7, '>' in 6.12 (trees read); release from its May 2023 "
@@ -316,15 +314,13 @@ def guest_max_period(gen: Generation, width: int) -> int:
     return ((1 << width) - 1) >> 1 if gen.full_width_writes else msr.LEGACY_MAX_PERIOD
 
 
-def max_samples_per_tick(hz: int, sample_rate: int = DEFAULT_MAX_SAMPLE_RATE) -> int:
-    """DIV_ROUND_UP(perf_event_max_sample_rate, HZ) (update_perf_cpu_limits)."""
-    return -(-sample_rate // hz)
+max_samples_per_tick = throttle.max_samples_per_tick    # re-exported: shared with host/
 
 
 def throttles(gen: Generation, interrupts: int, limit: int) -> bool:
-    """__perf_event_account_interrupt: the ``interrupts``-th overflow of one event in one tick
-    throttles it ('>' from 6.4, '>=' before); throttling stops the event until the next tick."""
-    return interrupts > limit if gen.has("throttle_above_limit") else interrupts >= limit
+    """common.throttle.throttles with this generation's comparison (host/ applies the same rule
+    with the host kernel's release, common/kernels.py)."""
+    return throttle.throttles(gen.has("throttle_above_limit"), interrupts, limit)
 
 
 ALWAYS = Generation("always", (4, 20))

@@ -47,9 +47,9 @@ class HostLink:
                              f"{type(op).__name__}")
         return result
 
-    def sched(self, op: schema.SchedOp) -> None:
-        """The host scheduler runs, stops or moves the vCPU task."""
-        self._request(schema.Sched(self._id(), op, self._retired()))
+    def sched(self, op: schema.SchedOp):
+        """The host scheduler runs, stops or moves the vCPU task (a Tick answers Ticked)."""
+        return self._request(schema.Sched(self._id(), op, self._retired()))
 
     def account(self) -> None:
         """The host counts what the guest retired (and calls back the overflows it finds)."""

@@ -28,7 +28,7 @@ EXAMPLES = {
     "--out": "runs/mine", "--transport": "tcp", "--timeout": "9", "--external": "host",
     "--lost-after": "3", "--host-addr": "127.0.0.2", "--kvm-addr": "127.0.0.3",
     "--bind": "127.0.0.4", "--host-kernel": "6.12", "--x2apic": "physical",
-    "--stuck-after": "7",
+    "--stuck-after": "7", "--host-load": "50", "--perf-max-sample-rate": "5000",
 }
 NOT_A_KEY = {"--scenario": "the scenario file itself"}
 

@@ -138,3 +138,8 @@ def test_generations_are_frozen():
 def test_docs_show_the_table_as_the_module_has_it():
     with open(os.path.join(ROOT, "docs", "generations.md"), encoding="utf-8") as fh:
         assert g.markdown_table() in fh.read()
+
+
+def test_the_readme_shows_the_table_as_the_module_has_it():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        assert g.markdown_table() in fh.read()

@@ -138,3 +138,81 @@ def test_a_cmask_event_counts_qualifying_cycles_and_budgets_them():
     stretch = schema.Stretch(2000, {"instructions": 5000, "cycles": 2000}, [0, 1], [1000, 1])
     assert host.account("t", {"instructions": 2500, "cycles": 1000}, [stretch]) == []
     assert ev.count == 500 and host.filtered_budget("t")[0].left == 100
+
+
+# --- interrupt throttling (common/throttle.py) ---------------------------------------------------
+
+def throttling_host(kernel="4.20"):
+    """perf_event_max_sample_rate 2500 at HZ 250: 10 overflows per tick."""
+    host = HostPerf(preset("small"), False, kernel=kernel, hz=250, max_sample_rate=2500)
+    host.sched_in("t", 0, Ledger())
+    return host, host.create("t", ARGS, Ledger())
+
+
+def overflows_until_throttled(host, ev, most=50) -> int:
+    for n in range(1, most + 1):
+        assert host.account("t", {"instructions": 100}) == [ev]   # KVM still hears each one
+        if ev.throttled:
+            return n
+    return 0
+
+
+@pytest.mark.parametrize("kernel, nth", [("4.20", 10), ("5.4", 10), ("6.12", 11)])
+def test_an_event_is_throttled_at_the_host_releases_limit(kernel, nth):
+    """'>=' max_samples_per_tick before 6.4, '>' from 15def34e2635; within one tick."""
+    host, ev = throttling_host(kernel)
+    assert host.max_samples_per_tick == 10
+    assert overflows_until_throttled(host, ev) == nth
+    assert host.stats["throttled"] == {"throttle": 1, "unthrottle": 0}
+
+
+def test_a_throttled_event_loses_what_retires_until_the_next_tick():
+    host, ev = throttling_host()
+    overflows_until_throttled(host, ev)
+    count = ev.count
+    assert host.budget("t") == {}                        # its counter is stopped
+    assert host.account("t", {"instructions": 250}) == []
+    assert ev.count == count and host.throttled_lost == {"t": {0: 250}}
+    host.tick(0)                                         # perf_adjust_freq_unthr_context
+    assert not ev.throttled and host.stats["throttled"]["unthrottle"] == 1
+    host.account("t", {"instructions": 30})
+    assert ev.count == count + 30 and host.throttled_lost == {"t": {0: 250}}
+
+
+def test_ticks_start_each_count_anew():
+    host, ev = throttling_host()
+    for _ in range(30):
+        for _ in range(9):                               # 9 overflows, then the tick
+            host.account("t", {"instructions": 100})
+        host.tick(0)
+    assert host.stats["throttled"]["throttle"] == 0 and host.stats["overflows"] == 270
+
+
+@pytest.mark.parametrize("unthrottle", ["sched_in", "period", "pause_enable"])
+def test_a_schedule_in_or_a_new_period_unthrottles_before_the_tick(unthrottle):
+    """event_sched_in and __perf_event_period reset hwc->interrupts (4.20, 6.12); KVM's
+    pmc_pause_counter + pmc_resume_counter (disable, period, enable) does so at each PMI."""
+    host, ev = throttling_host()
+    overflows_until_throttled(host, ev)
+    led = Ledger()
+    if unthrottle == "sched_in":
+        host.sched_out("t", led)
+        host.sched_in("t", 0, led)
+    elif unthrottle == "period":
+        host.period("t", ev.handle, 100, led)
+    else:
+        host.pause("t", ev.handle, True, led)
+        assert ev.throttled                              # disabled, still MAX_INTERRUPTS
+        host.enable("t", ev.handle, led)
+    assert not ev.throttled and host.budget("t") == {"instructions": ev.period_left}
+
+
+def test_a_new_event_per_overflow_is_never_throttled():
+    """4.20's release + create at each PMI: a new event's first overflow only starts its count."""
+    host, ev = throttling_host()
+    led = Ledger()
+    for _ in range(50):
+        assert host.account("t", {"instructions": 100}) == [ev]
+        host.release("t", ev.handle, led)
+        ev = host.create("t", ARGS, led)
+    assert host.stats["throttled"]["throttle"] == 0

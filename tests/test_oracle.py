@@ -100,7 +100,7 @@ def test_classify_puts_known_limits_in_deviations_by_kind():
         schema.Violation("spurious_pmi", 0, None, "no overflow")]
     guests = [schema.GuestReport("vm0", [schema.GuestVcpuReport(
         0, "pmis", None, 1, 1, [], 0, 0, 0, {}, 0, [], None, 8, found)])]
-    violations, deviations = results.classify(guests, {})
+    violations, deviations = results.classify(guests, {}, {})
     assert [v["kind"] for v in violations] == ["spurious_pmi"]
     grouped = results.by_kind_with_examples(deviations)
     assert grouped[msr.UNCOUNTED_TRAPPED]["count"] == 7

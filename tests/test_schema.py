@@ -44,6 +44,7 @@ GUEST_VCPU = schema.GuestVcpuReport(
                      {"instructions": 9}, [schema.FilteredBudget("llc_misses", Filter(1, True,
                                                                                      False), 4)]),
     schema.HostReply(4, False, None, 0, {}, {}, [], "sched_in: pCPU 9999"),
+    schema.HostReply(5, True, schema.Ticked(True), 0, {}, {}, []),
     schema.Overflow(1, 0, 10), schema.Exit("wrmsr", 0x38F, (1 << 64) - 1, {}, False),
     schema.Exit("budget", 0, 0, {"cycles": 5}, False, [STRETCH]),
     schema.Entry(5, False, {"instructions": 1}, [1, 2, 3, 4], True), schema.Inject("nmi", 2),
@@ -51,7 +52,9 @@ GUEST_VCPU = schema.GuestVcpuReport(
     schema.Report(1, schema.KvmReport("vm0", [VCPU])),
     schema.Report(1, schema.GuestReport("vm0", [GUEST_VCPU])),
     schema.Report(1, schema.HostReport("skx-4s", 224, {"create": schema.OpCost(SAMPLES, {"perf_ctx_lock": 2})}, 1,
-                                       {"reserve": 1}, {}, 3, 3, 0, 0, 0, {"0": 7}, {}, {})),
+                                       {"reserve": 1}, {}, 3, 3, 0, 0, 0, {"0": 7}, {},
+                                       {"throttle": 1, "unthrottle": 1}, {"vm0/vcpu0": {"0": 5}},
+                                       {})),
 ])
 def test_round_trip(body):
     msg = schema.decode(schema.encode(body, 41))
