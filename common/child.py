@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -59,12 +58,11 @@ class Progress:
     def new_run(self) -> None:
         self.run_began, self.pmis = self.count, 0
 
-    def status(self) -> str:
-        """What a heartbeat says the process is doing: the last step and, in a process that
-        counts runs (the guest), the run's steps and PMIs so far (``run_of`` reads them back)."""
-        if self.run_began is None:
-            return self.doing
-        return f"{self.doing} [run: {self.count - self.run_began} steps, {self.pmis} PMIs handled]"
+    def heartbeat(self) -> schema.Heartbeat:
+        """What a heartbeat says: the steps, the last one and, in a process that counts runs
+        (the guest), the run's steps and PMIs so far."""
+        run = None if self.run_began is None else self.count - self.run_began
+        return schema.Heartbeat(self.count, self.doing, run, self.pmis)
 
     def step(self, doing: str) -> None:
         self.count += 1
@@ -74,14 +72,6 @@ class Progress:
 
 
 PROGRESS = Progress()                   # this process's
-RUN_STATUS = re.compile(r" \[run: (\d+) steps, (\d+) PMIs handled\]$")
-
-
-def run_of(doing: str) -> tuple[int, int] | None:
-    """The steps and PMIs of the run under way that a heartbeat's ``doing`` carries
-    (Progress.status), or None."""
-    found = RUN_STATUS.search(doing)
-    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 class Process:
@@ -199,7 +189,7 @@ class Heartbeat(threading.Thread):
         try:
             while not self.stop.is_set():
                 if not self.silenced:
-                    self.chan.send(schema.Heartbeat(PROGRESS.count, PROGRESS.status()))
+                    self.chan.send(PROGRESS.heartbeat())
                 deadline = time.monotonic() + HEARTBEAT_S
                 while time.monotonic() < deadline and not self.stop.is_set():
                     try:

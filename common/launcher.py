@@ -437,7 +437,7 @@ class Launcher:
         if self.progress.get(name, (None,))[0] != beat.progress:
             self.progress[name] = (beat.progress, beat.doing, now)
         if self.roles.get(name) == "guest":
-            self.display.beat(beat.doing)
+            self.display.beat(beat)
 
     def watch(self, waiting_for: MsgType) -> None:
         """Heartbeats to every process; a process that died, went silent or, while a run is

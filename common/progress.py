@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from common.child import run_of
+from common import schema
 
 SHOW_AFTER_S = 2.0
 
@@ -36,12 +36,12 @@ class Display:
         self.began, self.policy, self.target = self.clock(), policy, target
         self.task = None
 
-    def beat(self, doing: str) -> None:
-        """A guest heartbeat: its ``doing`` carries the exits and PMIs of the run under way."""
-        run = run_of(doing)
+    def beat(self, beat: schema.Heartbeat) -> None:
+        """A guest heartbeat: it carries the exits and PMIs of the run under way."""
         elapsed = self.clock() - self.began
-        if run and self.enabled and self.policy and elapsed >= self.show_after_s:
-            self.show(*run, elapsed)
+        if (beat.run_steps is not None and self.enabled and self.policy
+                and elapsed >= self.show_after_s):
+            self.show(beat.run_steps, beat.run_pmis, elapsed)
 
     def done(self, pmis: int, exits: int, elapsed: float) -> None:
         """The policy's run ended: its row (if shown) takes the run's own final figures."""

@@ -124,6 +124,8 @@ class Shutdown:
 class Heartbeat:
     progress: int                  # steps done so far (exits served or made); only grows
     doing: str = ""                # the last step, for a person reading why a process is stuck
+    run_steps: int | None = None   # a process that counts runs (the guest): this run's steps
+    run_pmis: int = 0              # and the PMIs its handler handled, for the progress display
 
 
 @dataclasses.dataclass

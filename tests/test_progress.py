@@ -5,7 +5,7 @@ import io
 import pytest
 from rich.console import Console
 
-from common import child, progress
+from common import child, progress, schema
 
 
 
@@ -19,12 +19,12 @@ class Clock:
 
 def drive(display, clock):
     """One policy's run: 2 beats within SHOW_AFTER_S, then 3 s in: 50 of 200 PMIs, 900 exits."""
-    display.beat("vCPU 0 making a hlt exit [run: 2000 steps, 200 PMIs handled]")  # the last run's
+    display.beat(schema.Heartbeat(0, "vCPU 0 making a hlt exit", 2000, 200))  # the last run's
     display.start("oncpu", 200)
     clock.now += 1
-    display.beat("vCPU 0 making a msr_write exit [run: 450 steps, 20 PMIs handled]")
+    display.beat(schema.Heartbeat(0, "vCPU 0 making a msr_write exit", 450, 20))
     clock.now += 2
-    display.beat("vCPU 0 making a msr_write exit [run: 900 steps, 50 PMIs handled]")
+    display.beat(schema.Heartbeat(0, "vCPU 0 making a msr_write exit", 900, 50))
 
 
 def terminal():
@@ -53,7 +53,7 @@ def test_nothing_shows_within_the_first_seconds():
     display = progress.Display(console=console, clock=clock)
     display.start("always", 200)
     clock.now += progress.SHOW_AFTER_S / 2
-    display.beat("vCPU 0 making a hlt exit [run: 10 steps, 1 PMIs handled]")
+    display.beat(schema.Heartbeat(0, "vCPU 0 making a hlt exit", 10, 1))
     display.done(200, 10, 1.0)
     display.close()
     assert out.getvalue() == ""
@@ -77,12 +77,11 @@ def test_off_with_quiet_or_without_a_terminal(quiet, is_terminal):
 def test_the_guests_heartbeats_carry_its_runs_steps_and_pmis():
     p = child.Progress()
     p.step("vCPU 1 making a cpuid exit")
-    assert p.status() == "vCPU 1 making a cpuid exit" and child.run_of(p.status()) is None
+    assert p.heartbeat() == schema.Heartbeat(1, "vCPU 1 making a cpuid exit", None, 0)
     p.new_run()                              # the guest, configured for a policy's run
     p.step("vCPU 1 making a cpuid exit")
     p.pmis += 12
-    assert child.run_of(p.status()) == (1, 12) and p.count == 2
-    assert p.status().startswith("vCPU 1 making a cpuid exit")
+    assert p.heartbeat() == schema.Heartbeat(2, "vCPU 1 making a cpuid exit", 1, 12)
 
 
 @pytest.mark.system
