@@ -29,18 +29,19 @@ class DebugStore:
 
     def reserve(self, cpu: int, ledger: Ledger) -> None:
         """reserve_ds_buffers, called on ``cpu``."""
-        ledger.update(self._counts("reserve", cpu))
+        ledger.update(self._counts(self._reserve, cpu))
 
     def release(self, cpu: int, ledger: Ledger) -> None:
         """release_ds_buffers, called on ``cpu``."""
-        ledger.update(self._counts("release", cpu))
+        ledger.update(self._counts(self._release, cpu))
 
-    def _counts(self, path: str, cpu: int) -> Ledger:
-        if (path, cpu) not in self._cost:
-            led = Ledger()
-            getattr(self, f"_{path}")(cpu, led)
-            self._cost[path, cpu] = led
-        return self._cost[path, cpu]
+    def _counts(self, path, cpu: int) -> Ledger:
+        """What ``path`` charges when called on ``cpu``: the same every time, so counted once."""
+        key = (path.__name__, cpu)
+        if key not in self._cost:
+            self._cost[key] = Ledger()
+            path(cpu, self._cost[key])
+        return self._cost[key]
 
     def _reserve(self, cpu: int, ledger: Ledger) -> None:
         for target in range(self.topo.ncpus):             # for_each_possible_cpu

@@ -30,7 +30,7 @@ from common.topology import Topology
 from host.cpu_hw_events import CpuHwEvents
 from host.debug_store import DebugStore
 from host.smp import Smp
-from host.static_key import DELAYED_WORK_NS as STATIC_KEY_DISABLE_DELAY_NS, PerfSchedEvents
+from host.static_key import PerfSchedEvents
 
 
 class PerfError(Exception):

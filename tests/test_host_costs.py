@@ -8,9 +8,9 @@ from common import config, costs, kernels, schema
 from common.costs import Ledger
 from common.topology import PRESETS, preset
 from host.debug_store import DebugStore
-from host.perf import STATIC_KEY_DISABLE_DELAY_NS, HostPerf
+from host.perf import HostPerf
 from host.smp import Smp
-from host.static_key import PerfSchedEvents
+from host.static_key import DELAYED_WORK_NS, PerfSchedEvents
 from host.tlb import flush_tlb_kernel_range
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -146,13 +146,13 @@ def test_static_key_count_is_left_at_one_until_the_delayed_work():
     key, led = PerfSchedEvents(smp(topo=preset("small"))), Ledger()
     key.account(0, led)
     key.unaccount(0)                         # would-be 1 -> 0: left at 1, work in a second
-    assert key.count == 1 and key.work_at == STATIC_KEY_DISABLE_DELAY_NS
+    assert key.count == 1 and key.work_at == DELAYED_WORK_NS
     key.account(0, led)                      # inc_not_zero: no patching
     key.unaccount(10)                        # 2 -> 1 at once; the work is already pending
     assert key.count == 1 and key.stats["delayed_work"] == 1
-    key.advance(STATIC_KEY_DISABLE_DELAY_NS - 1)
+    key.advance(DELAYED_WORK_NS - 1)
     assert key.enabled
-    key.advance(STATIC_KEY_DISABLE_DELAY_NS)
+    key.advance(DELAYED_WORK_NS)
     assert not key.enabled and key.stats == {"enable": 1, "disable": 1, "delayed_work": 1}
     assert led["rcu_grace_period"] == 1
 

@@ -8,7 +8,8 @@ from common.cmask import Filter
 from common.costs import Ledger
 from common.topology import preset
 from common.msr import MAX_PERIOD
-from host.perf import STATIC_KEY_DISABLE_DELAY_NS, HostPerf, PerfError
+from host.perf import HostPerf, PerfError
+from host.static_key import DELAYED_WORK_NS
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 ARGS = schema.PerfCreate("instructions", exclude_user=False, exclude_kernel=False,
@@ -95,12 +96,12 @@ def test_static_key_disable_is_deferred_by_a_second():
     ev = host.create("t", ARGS, led)
     assert host.stats["static_key"]["enable"] == 1 and led["rcu_grace_period"] == 1
     host.release("t", ev.handle, led)
-    host.advance_time(STATIC_KEY_DISABLE_DELAY_NS // 2)
+    host.advance_time(DELAYED_WORK_NS // 2)
     ev = host.create("t", ARGS, led)                     # within the second: no repatch
     assert host.key_enabled and host.stats["static_key"]["enable"] == 1
     assert led["rcu_grace_period"] == 1
     host.release("t", ev.handle, led)
-    host.advance_time(host.now_ns + STATIC_KEY_DISABLE_DELAY_NS)
+    host.advance_time(host.now_ns + DELAYED_WORK_NS)
     assert not host.key_enabled and host.stats["static_key"]["disable"] == 1
     host.create("t", ARGS, led)
     assert host.stats["static_key"]["enable"] == 2 and led["rcu_grace_period"] == 2
